@@ -1,0 +1,64 @@
+"""diffusion-lab: profile, benchmark, optimize and verify diffusers pipelines.
+
+Importing ``lab`` is cheap: torch and diffusers load only when a function needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> defining module; resolved on first attribute access
+_API = {
+    "load_pipeline": "models",
+    "embedded_models": "models",
+    "parameter_counts": "models",
+    "weight_bytes": "models",
+    "default_size": "models",
+    "ModelUnavailableError": "models",
+    "benchmark": "benchmark",
+    "BenchmarkResult": "benchmark",
+    "CaseResult": "benchmark",
+    "Case": "cases",
+    "load_prompts": "cases",
+    "StageTimer": "timing",
+    "StageTimes": "timing",
+    "Latency": "stats",
+    "Environment": "env",
+    "LabError": "_checks",
+    "set_scheduler": "schedulers",
+    "scheduler_names": "schedulers",
+}
+
+__all__ = sorted(_API)
+
+if TYPE_CHECKING:
+    from ._checks import LabError
+    from .benchmark import BenchmarkResult, CaseResult, benchmark
+    from .cases import Case, load_prompts
+    from .env import Environment
+    from .models import (
+        ModelUnavailableError,
+        default_size,
+        embedded_models,
+        load_pipeline,
+        parameter_counts,
+        weight_bytes,
+    )
+    from .schedulers import scheduler_names, set_scheduler
+    from .stats import Latency
+    from .timing import StageTimer, StageTimes
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

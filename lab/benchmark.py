@@ -1,0 +1,257 @@
+"""Honest latency benchmark of a pipeline over cases: warm-up, repeats, stage breakdown."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ._checks import LabError, positive_int, writable_dir
+from .cases import Case
+from .env import Environment
+from .memory import cuda_peaks, flush, peak_rss_bytes
+from .results import Record
+from .stats import Latency
+from .timing import StageTimer, StageTimes
+
+MB = 1024 * 1024
+
+
+@dataclass
+class StageSummary(Record):
+    """Median seconds per stage over the steady-state repeats."""
+
+    text_encoder: float
+    unet: float
+    unet_per_step: float
+    vae_decode: float
+    other: float
+    steps: list[float]  # median per denoising step index
+
+    @classmethod
+    def from_runs(cls, runs: Sequence[StageTimes]) -> "StageSummary":
+        med = statistics.median
+        n_steps = min(len(r.unet_steps) for r in runs)
+        steps = [med(r.unet_steps[i] for r in runs) for i in range(n_steps)]
+        return cls(
+            text_encoder=med(r.text_encoder for r in runs),
+            unet=med(r.unet for r in runs),
+            unet_per_step=med(s for r in runs for s in r.unet_steps) if n_steps else 0.0,
+            vae_decode=med(r.vae_decode for r in runs),
+            other=med(r.other for r in runs),
+            steps=steps,
+        )
+
+    def shares(self) -> dict[str, float]:
+        total = self.text_encoder + self.unet + self.vae_decode + self.other
+        parts = {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decode": self.vae_decode}
+        parts["other"] = self.other
+        return {k: v / total for k, v in parts.items()} if total > 0 else parts
+
+
+@dataclass
+class CaseResult(Record):
+    """Measurements of one case; ``error`` is set (and the numbers None) when it failed."""
+
+    case: Case
+    latency: Latency | None = None
+    first_call_s: float | None = None
+    images_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    peak_cuda_allocated_mb: float | None = None
+    peak_cuda_reserved_mb: float | None = None
+    cpu_percent: float | None = None
+    stages: StageSummary | None = None
+    latencies: list[float] = field(default_factory=list)
+    runs: list[StageTimes] = field(default_factory=list)
+    image: str | None = None
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        lat, st = self.latency, self.stages
+        return {
+            "case": self.case.name,
+            "steps": self.case.steps,
+            "median_s": lat.median if lat else None,
+            "iqr_s": lat.iqr if lat else None,
+            "std_s": lat.std if lat else None,
+            "n": lat.n if lat else 0,
+            "first_call_s": self.first_call_s,
+            "images_per_s": self.images_per_s,
+            "text_encoder_s": st.text_encoder if st else None,
+            "unet_s": st.unet if st else None,
+            "unet_step_ms": st.unet_per_step * 1e3 if st else None,
+            "vae_decode_s": st.vae_decode if st else None,
+            "other_s": st.other if st else None,
+            "peak_rss_mb": self.peak_rss_mb,
+            "peak_cuda_alloc_mb": self.peak_cuda_allocated_mb,
+            "cpu_percent": self.cpu_percent,
+            "error": self.error,
+        }
+
+
+@dataclass
+class BenchmarkResult(Record):
+    """A benchmark of one pipeline over cases, with the environment it ran in."""
+
+    model: str
+    pipeline: str
+    dtype: str
+    device: str
+    scheduler: str
+    warmup: int
+    repeats: int
+    cases: list[CaseResult]
+    env: Environment
+    created: str
+
+    def to_frame(self):
+        """One row per case (pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame([c.row() for c in self.cases]).set_index("case")
+
+    def to_markdown(self, digits: int = 3) -> str:
+        frame = self.to_frame().dropna(axis=1, how="all")
+        header = (
+            f"**{self.model}** ({self.pipeline}, {self.dtype}, {self.device}, {self.scheduler}) — "
+            f"warm-up {self.warmup}, repeats {self.repeats}; {self.env.device_name}, "
+            f"torch {self.env.packages.get('torch')}, {self.env.torch_threads} threads\n\n"
+        )
+        return header + frame.round(digits).to_markdown()
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.error]
+
+
+def _dtype_name(pipe) -> str:
+    from .env import DTYPES
+
+    name = str(pipe.unet.dtype).removeprefix("torch.")
+    return next((k for k, v in DTYPES.items() if v == name), name)
+
+
+def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, repeats: int, tick) -> tuple:
+    import torch
+
+    kwargs = case.pipeline_kwargs()
+    proc = psutil.Process()
+    first_call, runs, output = None, [], None
+    for i in range(warmup + repeats):
+        flush(device)
+        generator = torch.Generator("cpu").manual_seed(case.seed)
+        cpu_before = proc.cpu_times()
+        output, times = timer.measure(pipe, generator=generator, **kwargs)
+        cpu_after = proc.cpu_times()
+        if i == 0:
+            first_call = times.total
+        if i >= warmup:
+            busy = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+            runs.append((times, peak_rss_bytes(), cuda_peaks(device), 100.0 * busy / times.total))
+        tick()
+    return first_call, runs, output
+
+
+def benchmark(
+    pipe,
+    cases: Sequence[Case] | Case,
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    image_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Time ``pipe`` on each case: ``warmup`` untimed calls, then ``repeats`` measured ones.
+
+    A case that raises is recorded with its error and the others still run.
+
+    Args:
+        image_dir: where to save each case's last image as ``<case>.png``; None saves nothing.
+    """
+    from tqdm.auto import tqdm
+
+    cases = [cases] if isinstance(cases, Case) else list(cases)
+    if not cases:
+        raise LabError("benchmark needs at least one case")
+    positive_int("repeats", repeats)
+    positive_int("warmup", warmup, minimum=0)
+    if image_dir is not None:
+        image_dir = writable_dir(image_dir)
+    device = str(pipe.device)
+    env = Environment.capture(device)
+    results = []
+    bar = tqdm(total=len(cases) * (warmup + repeats), desc="benchmark", unit="call", disable=not progress)
+    with StageTimer(pipe, device=device) as timer:
+        for case in cases:
+            bar.set_postfix_str(case.name)
+            try:
+                first, runs, output = _run_case(pipe, timer, case, device, warmup, repeats, lambda: bar.update())
+            except Exception as err:  # one failing case never loses the others
+                results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
+                continue
+            times = [r[0] for r in runs]
+            latency = Latency.from_values([t.total for t in times])
+            image_path = None
+            if image_dir is not None:
+                image_path = str(Path(image_dir) / f"{case.name}.png")
+                output.images[0].save(image_path)
+            allocated = [r[2][0] for r in runs if r[2][0] is not None]
+            reserved = [r[2][1] for r in runs if r[2][1] is not None]
+            results.append(
+                CaseResult(
+                    case=case,
+                    latency=latency,
+                    first_call_s=first,
+                    images_per_s=len(output.images) / latency.median,
+                    peak_rss_mb=max(r[1] for r in runs) / MB,
+                    peak_cuda_allocated_mb=max(allocated) / MB if allocated else None,
+                    peak_cuda_reserved_mb=max(reserved) / MB if reserved else None,
+                    cpu_percent=statistics.fmean(r[3] for r in runs),
+                    stages=StageSummary.from_runs(times),
+                    latencies=[t.total for t in times],
+                    runs=times,
+                    image=image_path,
+                )
+            )
+    bar.close()
+    return BenchmarkResult(
+        model=getattr(pipe, "lab_model", type(pipe).__name__),
+        pipeline=type(pipe).__name__,
+        dtype=_dtype_name(pipe),
+        device=device,
+        scheduler=type(pipe.scheduler).__name__,
+        warmup=warmup,
+        repeats=repeats,
+        cases=results,
+        env=env,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def timed_loop(pipe, case: Case, repeats: int) -> list[float]:
+    """A bare ``for`` loop around the pipeline: the reference for harness overhead."""
+    import torch
+
+    from .env import synchronize
+
+    device = str(pipe.device)
+    out = []
+    for _ in range(repeats):
+        generator = torch.Generator("cpu").manual_seed(case.seed)
+        synchronize(device)
+        start = time.perf_counter()
+        pipe(generator=generator, **case.pipeline_kwargs())
+        synchronize(device)
+        out.append(time.perf_counter() - start)
+    return out

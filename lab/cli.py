@@ -1,0 +1,131 @@
+"""Command line: ``python -m lab <command>``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._checks import LabError, choose, positive_int, writable_dir
+
+
+def _positive(value: str) -> int:
+    try:
+        return positive_int("value", int(value))
+    except (ValueError, LabError):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}") from None
+
+
+def _non_negative(value: str) -> int:
+    try:
+        return positive_int("value", int(value), minimum=0)
+    except (ValueError, LabError):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value!r}") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .env import DEVICES, DTYPES
+
+    p.add_argument("--model", default="tiny", help="embedded name (tiny, sd15-arch, ...), local folder or hub id")
+    p.add_argument("--dtype", default="fp32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (or cuda:N)")
+    p.add_argument("--scheduler", default=None, help="scheduler name (see `python -m lab models`)")
+
+
+def _add_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default="seed002", help="shipped prompt set name or a JSON file")
+    p.add_argument("--prompt", default=None, help="a single prompt instead of the prompt set")
+    p.add_argument("--steps", type=_positive, default=None, help="override every case's steps")
+    p.add_argument("--guidance", type=float, default=None, help="override every case's guidance")
+    p.add_argument("--size", type=_positive, default=None, help="square image size (default: model's own)")
+    p.add_argument("--seed", type=_non_negative, default=None, help="override every case's seed")
+    p.add_argument("--cases", type=_positive, default=None, help="use only the first N cases")
+
+
+def _validate_model_args(args: argparse.Namespace) -> None:
+    from .env import DEVICES, DTYPES
+    from .schedulers import SCHEDULERS
+
+    choose("dtype", args.dtype, DTYPES)
+    choose("device", args.device.split(":", 1)[0], DEVICES)
+    if args.scheduler is not None:
+        choose("scheduler", args.scheduler, SCHEDULERS)
+
+
+def _cases(args: argparse.Namespace):
+    from .cases import Case, load_prompts
+
+    cases = [Case(prompt=args.prompt)] if args.prompt else load_prompts(args.prompts)
+    cases = cases[: args.cases] if args.cases else cases
+    return [
+        c.with_overrides(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, seed=args.seed)
+        for c in cases
+    ]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _validate_model_args(args)
+    cases = _cases(args)
+    out = writable_dir(args.out)
+    from .benchmark import benchmark
+    from .models import load_pipeline
+
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
+    result = benchmark(
+        pipe, cases, warmup=args.warmup, repeats=args.repeats, image_dir=out / "images", progress=not args.quiet
+    )
+    path = result.save(out / "results.json")
+    (out / "results.md").write_text(result.to_markdown() + "\n", encoding="utf-8")
+    print(result.to_markdown())
+    print(f"\nresults: {path}\nimages:  {out / 'images'}")
+    for failed in result.failed:
+        print(f"FAILED {failed.case.name}: {failed.error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import EMBEDDED
+    from .schedulers import scheduler_names
+
+    for spec in EMBEDDED.values():
+        print(f"{spec.name:10s} {spec.description} [configs: {spec.reference}]")
+    print(f"\nschedulers: {', '.join(scheduler_names())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab",
+        description="diffusion-lab: profile, benchmark and optimize diffusers pipelines (offline by default).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bench = sub.add_parser("bench", help="benchmark a pipeline over a prompt set; writes results.json and images")
+    _add_model_args(bench)
+    _add_case_args(bench)
+    bench.add_argument("--warmup", type=_non_negative, default=1, help="untimed calls per case")
+    bench.add_argument("--repeats", type=_positive, default=5, help="timed calls per case (>= 1)")
+    bench.add_argument("--out", default="runs/bench", help="output directory")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="list embedded models and scheduler names")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return args.func(args)
+    except LabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

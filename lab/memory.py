@@ -1,0 +1,51 @@
+"""Exact peak process memory (Linux VmHWM, resettable) and CUDA peak statistics."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import psutil
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS; False where unsupported."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last reset (or process start)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss  # no high-water mark here: current RSS as a floor
+
+
+def flush(device: str = "cpu") -> None:
+    """Collect garbage, empty the CUDA cache and reset peak statistics before a measurement."""
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+
+
+def cuda_peaks(device: str) -> tuple[int | None, int | None]:
+    """(peak allocated, peak reserved) bytes on a CUDA device; (None, None) elsewhere."""
+    if not device.startswith("cuda"):
+        return None, None
+    import torch
+
+    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)

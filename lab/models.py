@@ -1,0 +1,286 @@
+"""Load pipelines: embedded offline models built from shipped configs, or ``from_pretrained``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import difflib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ._checks import LabError
+from .env import REPO_ROOT, resolve_device, torch_dtype
+from .schedulers import set_scheduler
+
+DATA = REPO_ROOT / "data"
+DATA_MODELS = DATA / "models"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pipeline built offline from configs in ``data/models/<folder>``."""
+
+    name: str
+    description: str
+    reference: str  # the hub id whose published component configs are shipped
+    tokenizer: str | None = None  # shared tokenizer folder, relative to data/; None: the model's own
+    published_params: tuple[tuple[str, int], ...] = ()  # parameter counts of the real model
+    seed: int = 0
+
+    @property
+    def folder(self) -> Path:
+        return DATA_MODELS / self.name
+
+
+_CLIP_L = ("text_encoder", 123_060_480)
+_SD_VAE = ("vae", 83_653_863)
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "tiny",
+            "tiny SD pipeline (64x64, random weights), for fast tests and demos",
+            reference="(none: lab's own configs)",
+        ),
+        EmbeddedModel(
+            "tiny-sdxl",
+            "tiny SDXL pipeline (64x64, random weights, two text encoders), for SDXL code paths",
+            reference="(none: lab's own configs)",
+            tokenizer="models/tiny/tokenizer",
+        ),
+        EmbeddedModel(
+            "sd15-arch",
+            "Stable Diffusion 1.5 architecture, random weights",
+            reference="runwayml/stable-diffusion-v1-5",
+            tokenizer="tokenizers/clip-synthetic-49408",
+            published_params=(("unet", 859_520_964), _SD_VAE, _CLIP_L),
+        ),
+        EmbeddedModel(
+            "sd21-arch",
+            "Stable Diffusion 2.1 (768-v) architecture, random weights",
+            reference="stabilityai/stable-diffusion-2-1",
+            tokenizer="tokenizers/clip-synthetic-49408",
+            published_params=(("unet", 865_910_724), _SD_VAE, ("text_encoder", 340_387_840)),
+        ),
+        EmbeddedModel(
+            "sdxl-arch",
+            "Stable Diffusion XL base 1.0 architecture, random weights",
+            reference="stabilityai/stable-diffusion-xl-base-1.0",
+            tokenizer="tokenizers/clip-synthetic-49408",
+            published_params=(("unet", 2_567_463_684), _SD_VAE, _CLIP_L, ("text_encoder_2", 694_659_840)),
+        ),
+    )
+}
+
+_SKIPPED_COMPONENTS = {"safety_checker", "feature_extractor", "image_encoder"}
+
+
+class ModelUnavailableError(LabError):
+    """The model is neither embedded, nor a local folder, nor reachable on the hub."""
+
+
+def embedded_models() -> list[str]:
+    return list(EMBEDDED)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _component_specs(spec: EmbeddedModel) -> dict[str, tuple[str, str]]:
+    index = _read_json(spec.folder / "model_index.json")
+    return {
+        name: tuple(value)
+        for name, value in index.items()
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and value[1] is not None
+        and name not in _SKIPPED_COMPONENTS
+    }
+
+
+def _build_component(spec: EmbeddedModel, name: str, library: str, cls_name: str):
+    import diffusers
+    import transformers
+
+    folder = spec.folder / name
+    if name.startswith("tokenizer"):
+        source = DATA / spec.tokenizer if spec.tokenizer else folder
+        return transformers.CLIPTokenizer.from_pretrained(source, model_max_length=77)
+    if name == "scheduler":
+        return getattr(diffusers, cls_name).from_config(_read_json(folder / "scheduler_config.json"))
+    if library == "transformers":
+        cls = getattr(transformers, cls_name)
+        return cls(cls.config_class.from_json_file(folder / "config.json"))
+    return getattr(diffusers, cls_name).from_config(_read_json(folder / "config.json"))
+
+
+def build_embedded(name: str, *, empty: bool = False):
+    """Build embedded pipeline ``name`` on CPU in fp32, deterministically initialised.
+
+    Args:
+        empty: build on the meta device (no memory, no init) to inspect shapes and counts.
+    """
+    import contextlib
+
+    import diffusers
+    import torch
+    from accelerate import init_empty_weights
+
+    spec = EMBEDDED[name]
+    index = _read_json(spec.folder / "model_index.json")
+    components: dict[str, Any] = {}
+    for i, (comp, (library, cls_name)) in enumerate(_component_specs(spec).items()):
+        # One seed per component: adding a component never changes another's weights.
+        torch.manual_seed(spec.seed + i)
+        with init_empty_weights() if empty else contextlib.nullcontext():
+            components[comp] = _build_component(spec, comp, library, cls_name)
+    pipeline_cls = getattr(diffusers, index["_class_name"])
+    optional = {k: None for k in _SKIPPED_COMPONENTS if k in pipeline_cls._optional_components}
+    if "requires_safety_checker" in index:
+        optional["requires_safety_checker"] = False
+    return pipeline_cls(**components, **optional)
+
+
+def parameter_counts(pipe) -> dict[str, int]:
+    """Parameters per ``torch.nn.Module`` component of a pipeline."""
+    import torch
+
+    return {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+
+
+def weight_bytes(pipe) -> dict[str, int]:
+    """Bytes of parameters and buffers per component, as stored (quantized weights included)."""
+    import torch
+
+    out = {}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            tensors = list(module.parameters()) + list(module.buffers())
+            out[name] = sum(t.numel() * t.element_size() for t in tensors)
+    return out
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants as hc
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return hc.HF_HUB_OFFLINE or flag in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint answers a TCP connect within ``timeout`` seconds (DNS included)."""
+    import huggingface_hub.constants as hc
+
+    url = urlparse(hc.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+
+    def connect() -> bool:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+
+    # getaddrinfo ignores socket timeouts, so bound the whole probe with a thread.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _unavailable(model: str, why: str) -> ModelUnavailableError:
+    close = difflib.get_close_matches(model, EMBEDDED, n=2, cutoff=0.5)
+    hint = f" Did you mean the embedded {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ModelUnavailableError(
+        f"cannot load model {model!r}: {why}.{hint} Use an embedded model "
+        f"({', '.join(EMBEDDED)}), or download the pipeline elsewhere (e.g. `huggingface-cli download "
+        f"{model} --local-dir ./models/x`) and pass that local folder as the model."
+    )
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", "")
+
+
+def _from_pretrained(model: str, dtype):
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise _unavailable(model, f"folder {str(path)!r} has no model_index.json (not a diffusers pipeline)")
+        return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    if _looks_like_path(model):
+        raise _unavailable(model, f"no such folder {str(path)!r}")
+    try:  # already in the local hub cache: no network needed
+        return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if _hub_offline():
+        raise _unavailable(model, "it is not in the local cache and HF_HUB_OFFLINE is set")
+    if not hub_reachable():
+        raise _unavailable(model, "it is not in the local cache and the Hugging Face Hub cannot be reached")
+    return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+
+
+def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None):
+    """Load a diffusers pipeline by embedded name, local folder or hub id.
+
+    Args:
+        model: an embedded name (``tiny``, ``sd15-arch``, ``sd21-arch``, ``sdxl-arch``), a local
+            diffusers folder, or a hub id.
+        dtype: ``fp32``, ``fp16`` or ``bf16``.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+        scheduler: a name from ``lab.schedulers.scheduler_names()``; None keeps the model's own.
+    """
+    from .schedulers import SCHEDULERS
+    from ._checks import choose
+
+    if not isinstance(model, str) or not model.strip():
+        raise LabError(f"model must be a non-empty string, got {model!r}; embedded models: {', '.join(EMBEDDED)}.")
+    torch_dt = torch_dtype(dtype)
+    device = resolve_device(device)
+    if scheduler is not None:
+        choose("scheduler", scheduler, SCHEDULERS)
+    if model in EMBEDDED:
+        pipe = build_embedded(model)
+        _cast(pipe, device, torch_dt)
+    else:
+        pipe = _from_pretrained(model, torch_dt)
+        pipe.to(device)
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.lab_model = model
+    return pipe
+
+
+def _cast(pipe, device: str, dtype) -> None:
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    if dtype == torch.float32:
+        pipe.to(device)
+        return
+    # Built-from-config modules have no fp32-only parts; silence diffusers' generic warning.
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.to(device=device, dtype=dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def default_size(pipe) -> int:
+    """The pipeline's native square resolution in pixels."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

@@ -1,0 +1,54 @@
+"""Summary statistics of repeated measurements."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .results import Record
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), without importing numpy."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass
+class Latency(Record):
+    """Seconds per call over ``n`` steady-state repeats."""
+
+    median: float
+    mean: float
+    std: float
+    iqr: float
+    p90: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def from_values(cls, values: Sequence[float]) -> "Latency":
+        if not values:
+            raise ValueError("Latency.from_values needs at least one value")
+        if any(v < 0 for v in values):
+            raise ValueError(f"negative latency in {list(values)}: the clock was read out of order")
+        s = sorted(values)
+        return cls(
+            median=statistics.median(s),
+            mean=statistics.fmean(s),
+            std=statistics.stdev(s) if len(s) > 1 else 0.0,
+            iqr=_quantile(s, 0.75) - _quantile(s, 0.25),
+            p90=_quantile(s, 0.9),
+            min=s[0],
+            max=s[-1],
+            n=len(s),
+        )
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (std / mean)."""
+        return self.std / self.mean if self.mean else 0.0

@@ -1,0 +1,173 @@
+"""Attribute a pipeline call's wall time to stages, via hooks and the step callback.
+
+Stages: ``text_encoder`` (every text-encoder forward, both encoders for SDXL),
+``unet_step_{i}`` (from the first UNet forward of step 0, or the end of step i-1, to the end of
+scheduler step i, as reported by ``callback_on_step_end``), ``vae_decode`` (``vae.decode``) and
+``other`` (the rest of the measured total). Diffusers' source is never patched: forward hooks on
+the modules, the public step callback, and an instance-level wrapper of ``vae.decode`` that is
+removed on exit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._checks import LabError
+from .env import synchronize
+from .results import Record
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass
+class StageTimes(Record):
+    """Seconds spent per stage in one pipeline call; ``other`` is the unattributed rest."""
+
+    total: float
+    text_encoder: float
+    unet_steps: list[float]
+    vae_decode: float
+    other: float
+
+    @property
+    def unet(self) -> float:
+        return sum(self.unet_steps)
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``stage -> seconds``, one entry per denoising step."""
+        steps = {f"unet_step_{i}": s for i, s in enumerate(self.unet_steps)}
+        return {"text_encoder": self.text_encoder, **steps, "vae_decode": self.vae_decode, "other": self.other}
+
+
+@dataclass
+class StageTimer:
+    """Context manager installing the stage hooks on ``pipe``; one ``measure`` per call.
+
+    Args:
+        ranges: also open ``torch.profiler.record_function`` ranges named ``lab:<stage>``.
+        device: device whose queue is synchronised before every clock read.
+    """
+
+    pipe: Any
+    device: str = "cpu"
+    ranges: bool = False
+    _handles: list = field(default_factory=list, repr=False)
+    _open: dict = field(default_factory=dict, repr=False)
+    _acc: dict = field(default_factory=dict, repr=False)
+    _steps: list = field(default_factory=list, repr=False)
+    _vae_patched: bool = field(default=False, repr=False)
+
+    # -- stage bookkeeping -------------------------------------------------------------------
+    def _begin(self, stage: str) -> None:
+        synchronize(self.device)
+        rf = None
+        if self.ranges:
+            import torch
+
+            rf = torch.profiler.record_function(f"lab:{stage}")
+            rf.__enter__()
+        self._open[stage] = (time.perf_counter(), rf)
+
+    def _end(self, stage: str) -> float:
+        synchronize(self.device)
+        start, rf = self._open.pop(stage)
+        elapsed = time.perf_counter() - start
+        if rf is not None:
+            rf.__exit__(None, None, None)
+        return elapsed
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _text_pre(self, module, args, kwargs=None):
+        self._begin("text_encoder")
+
+    def _text_post(self, module, args, output):
+        self._acc["text_encoder"] = self._acc.get("text_encoder", 0.0) + self._end("text_encoder")
+
+    def _unet_pre(self, module, args, kwargs=None):
+        if not any(s.startswith("unet_step_") for s in self._open):
+            self._begin(f"unet_step_{len(self._steps)}")
+
+    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        """``callback_on_step_end`` for the pipeline call: closes step ``step``, opens the next."""
+        stage = f"unet_step_{len(self._steps)}"
+        if stage in self._open:
+            self._steps.append(self._end(stage))
+        if step + 1 < getattr(pipe, "num_timesteps", 0):
+            self._begin(f"unet_step_{len(self._steps)}")
+        return callback_kwargs
+
+    def _wrap_vae_decode(self) -> None:
+        vae = self.pipe.vae
+        original = vae.decode
+
+        def decode(*args, **kwargs):
+            self._begin("vae_decode")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._acc["vae_decode"] = self._acc.get("vae_decode", 0.0) + self._end("vae_decode")
+
+        vae.decode = decode
+        self._vae_patched = True
+
+    # -- context -----------------------------------------------------------------------------
+    def __enter__(self) -> "StageTimer":
+        import inspect
+
+        if "callback_on_step_end" not in inspect.signature(self.pipe.__call__).parameters:
+            raise LabError(
+                f"stage timing needs a pipeline whose __call__ takes callback_on_step_end; "
+                f"{type(self.pipe).__name__} does not."
+            )
+        for name in TEXT_ENCODERS:
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                self._handles.append(module.register_forward_pre_hook(self._text_pre))
+                self._handles.append(module.register_forward_hook(self._text_post))
+        self._handles.append(self.pipe.unet.register_forward_pre_hook(self._unet_pre))
+        if getattr(self.pipe, "vae", None) is not None:
+            self._wrap_vae_decode()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._vae_patched:
+            del self.pipe.vae.decode  # drop the instance attribute: the class method shows again
+            self._vae_patched = False
+        self._close_open()
+
+    def _close_open(self) -> None:
+        for stage in list(self._open):
+            elapsed = self._end(stage)
+            if stage.startswith("unet_step_"):
+                self._steps.append(elapsed)
+
+    def measure(self, call: Callable[..., Any], **kwargs) -> tuple[Any, StageTimes]:
+        """Run ``call(**kwargs, callback_on_step_end=...)`` and return its output and stage times."""
+        user_callback = kwargs.pop("callback_on_step_end", None)
+
+        def callback(pipe, step, timestep, callback_kwargs):
+            out = self.on_step_end(pipe, step, timestep, callback_kwargs)
+            return user_callback(pipe, step, timestep, out) if user_callback else out
+
+        self._acc, self._steps, self._open = {}, [], {}
+        synchronize(self.device)
+        start = time.perf_counter()
+        output = call(**kwargs, callback_on_step_end=callback)
+        self._close_open()
+        synchronize(self.device)
+        total = time.perf_counter() - start
+        text, vae = self._acc.get("text_encoder", 0.0), self._acc.get("vae_decode", 0.0)
+        times = StageTimes(
+            total=total,
+            text_encoder=text,
+            unet_steps=list(self._steps),
+            vae_decode=vae,
+            other=total - text - sum(self._steps) - vae,
+        )
+        return output, times

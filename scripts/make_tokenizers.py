@@ -1,0 +1,136 @@
+"""Write the offline CLIP-style BPE tokenizers shipped in data/.
+
+Two tokenizers, both deterministic (re-running rewrites identical files):
+
+- ``data/models/tiny/tokenizer``: byte-level base symbols plus whole-word merges for the
+  words of the shipped prompt sets and the shape-scene grammar (~1.5 k entries).
+- ``data/tokenizers/clip-synthetic-49408``: the tiny vocabulary extended with synthetic
+  merges up to CLIP's real vocabulary size (49 408), for the realistic architectures, so that
+  token ids span the whole embedding table.
+
+Usage: ``python scripts/make_tokenizers.py``
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_VOCAB_SIZE = 49408
+
+# Words beyond the prompt files: the shape-scene grammar of the trained tiny model and
+# common prompt vocabulary, so typical prompts tokenize into whole words.
+EXTRA_WORDS = """
+a an the and of on in at with to by under over near left right top bottom center middle
+red green blue yellow orange purple pink white black gray grey brown cyan magenta
+circle square triangle star cross ring diamond hexagon small large big tiny background
+photo portrait landscape painting drawing sketch render realistic detailed high quality
+cat dog horse bird tree flower house car city street mountain mountains lake river sea ocean
+sky sun moon night day light lights neon forest castle fantasy modern woman man eyes
+astronaut mars space riding beautiful blurry lowres bad ugly deformed watermark text
+""".split()
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-to-printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def prompt_words() -> list[str]:
+    words: list[str] = []
+    for path in sorted((ROOT / "data" / "prompts").glob("*.json")):
+        for case in json.loads(path.read_text())["cases"]:
+            for field in ("prompt", "negative_prompt"):
+                words += re.findall(r"[a-z]+", (case.get(field) or "").lower())
+    return words + EXTRA_WORDS
+
+
+def whole_word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Left-to-right merges that build each word as one token (with the end-of-word mark)."""
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for word in dict.fromkeys(words):
+        if len(word) < 2:
+            continue
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            if (left, right) not in seen:
+                seen.add((left, right))
+                merges.append((left, right))
+            left += right
+    return merges
+
+
+def base_vocab() -> list[str]:
+    chars = list(bytes_to_unicode().values())
+    return chars + [c + "</w>" for c in chars]
+
+
+def synthetic_merges(vocab: list[str], merges: list[tuple[str, str]], size: int) -> list[tuple[str, str]]:
+    """Extend ``merges`` with letter-pair merges until the vocabulary holds ``size`` entries."""
+    known = set(vocab) | {a + b for a, b in merges}
+    out = list(merges)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    prefixes = list(letters)
+    target = size - len(vocab) - 2
+    while len(out) < target:
+        grown = []
+        for prefix, letter in itertools.product(prefixes, letters):
+            for right in (letter, letter + "</w>"):
+                if len(out) >= target:
+                    break
+                if prefix + right not in known:
+                    known.add(prefix + right)
+                    out.append((prefix, right))
+            grown.append(prefix + letter)
+        prefixes = grown
+    return out
+
+
+def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = base_vocab() + [a + b for a, b in merges] + [BOS, EOS]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    assert len(vocab) == len(tokens), "duplicate token"
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return len(vocab)
+
+
+def main() -> None:
+    merges = whole_word_merges(prompt_words())
+    tiny = write_tokenizer(ROOT / "data" / "models" / "tiny" / "tokenizer", merges)
+    full = write_tokenizer(
+        ROOT / "data" / "tokenizers" / "clip-synthetic-49408",
+        synthetic_merges(base_vocab(), merges, CLIP_VOCAB_SIZE),
+    )
+    print(f"tiny tokenizer: {tiny} tokens; synthetic CLIP tokenizer: {full} tokens")
+
+
+if __name__ == "__main__":
+    main()
