@@ -18,9 +18,9 @@ _API = {
     "weight_bytes": "models",
     "default_size": "models",
     "ModelUnavailableError": "models",
-    "benchmark": "benchmark",
-    "BenchmarkResult": "benchmark",
-    "CaseResult": "benchmark",
+    "benchmark": "benchmarking",
+    "BenchmarkResult": "benchmarking",
+    "CaseResult": "benchmarking",
     "Case": "cases",
     "load_prompts": "cases",
     "StageTimer": "timing",
@@ -36,7 +36,7 @@ __all__ = sorted(_API)
 
 if TYPE_CHECKING:
     from ._checks import LabError
-    from .benchmark import BenchmarkResult, CaseResult, benchmark
+    from .benchmarking import BenchmarkResult, CaseResult, benchmark
     from .cases import Case, load_prompts
     from .env import Environment
     from .models import (

@@ -69,7 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _validate_model_args(args)
     cases = _cases(args)
     out = writable_dir(args.out)
-    from .benchmark import benchmark
+    from .benchmarking import benchmark
     from .models import load_pipeline
 
     pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)

@@ -125,9 +125,10 @@ class StageTimer:
         for name in TEXT_ENCODERS:
             module = getattr(self.pipe, name, None)
             if module is not None:
-                self._handles.append(module.register_forward_pre_hook(self._text_pre))
+                # pre-hooks go first and post-hooks last, so other hooks are timed inside the stage
+                self._handles.append(module.register_forward_pre_hook(self._text_pre, prepend=True))
                 self._handles.append(module.register_forward_hook(self._text_post))
-        self._handles.append(self.pipe.unet.register_forward_pre_hook(self._unet_pre))
+        self._handles.append(self.pipe.unet.register_forward_pre_hook(self._unet_pre, prepend=True))
         if getattr(self.pipe, "vae", None) is not None:
             self._wrap_vae_decode()
         return self

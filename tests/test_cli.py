@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.benchmarking import BenchmarkResult
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0 and "bench" in out.stdout
+
+
+def test_bench_end_to_end(tmp_path):
+    out = run("bench", "--model", "tiny", "--steps", "2", "--repeats", "2", "--cases", "2", "--quiet",
+              "--out", str(tmp_path / "x"))
+    assert out.returncode == 0, out.stderr
+    result = BenchmarkResult.load(tmp_path / "x" / "results.json")
+    assert [c.latency.n for c in result.cases] == [2, 2]
+    assert all(c.case.steps == 2 for c in result.cases)
+    assert sorted(p.name for p in (tmp_path / "x" / "images").iterdir()) == ["astronaut.png", "landscape.png"]
+    assert "| astronaut" in out.stdout and "results.json" in out.stdout
+    assert "benchmark:" not in out.stderr  # --quiet: no progress bar
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--dtype", "fp64"], ["'fp64'", "fp32, fp16, bf16"]),
+        (["--device", "tpu"], ["'tpu'", "auto, cpu, cuda, mps"]),
+        (["--scheduler", "eular"], ["'eular'", "euler"]),
+        (["--model", "someorg/some-model"], ["someorg/some-model", "local folder"]),
+    ],
+)
+def test_bad_names_exit_2_with_guidance(tmp_path, args, words):
+    start = time.perf_counter()
+    out = run("bench", *args, "--steps", "1", "--repeats", "1", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2
+    assert all(w in out.stderr for w in words), out.stderr
+    assert time.perf_counter() - start < 30
+
+
+def test_bad_counts_are_rejected_by_the_parser(tmp_path):
+    out = run("bench", "--repeats", "0", "--out", str(tmp_path))
+    assert out.returncode == 2 and "--repeats: must be an integer >= 1, got '0'" in out.stderr
+
+
+def test_unwritable_out_fails_before_loading(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = run("bench", "--out", str(blocker / "sub"))
+    assert out.returncode == 2 and "not writable" in out.stderr and str(blocker / "sub") in out.stderr
+
+
+def test_malformed_prompt_file(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"cases": [{"prompt": "ok"}, {"steps": 3}]}))
+    out = run("bench", "--prompts", str(bad), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "case 1" in out.stderr
