@@ -85,6 +85,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .notebooks import notebook_paths, run_notebook
+
+    out = writable_dir(args.out)
+    paths = notebook_paths(args.notebooks)
+    if not paths:
+        print("no notebooks yet: running the benchmark on the embedded model instead")
+        bench = build_parser().parse_args(["bench", "--model", args.model, "--steps", "20", "--repeats", "3",
+                                           "--out", str(out / "bench")] + (["--quiet"] if args.quiet else []))
+        return cmd_bench(bench)
+    env = {"LAB_MODEL": args.model, "LAB_DEVICE": args.device}
+    failed = 0
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        run = run_notebook(path, out, timeout=args.timeout, env=env)
+        status = f"FAILED: {run.error}" if run.error else "ok"
+        print(f"  {status} in {run.seconds:.0f} s -> {run.executed}", flush=True)
+        failed += bool(run.error)
+    print(f"\nartifacts (executed notebooks, traces, plots, reports): {out.resolve()}")
+    return 1 if failed else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import EMBEDDED
     from .schedulers import scheduler_names
@@ -110,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="output directory")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="execute the notebooks headless; artifacts under --out")
+    demo.add_argument("--out", default="runs/demo", help="output directory")
+    demo.add_argument("--model", default="tiny", help="model every notebook uses (LAB_MODEL)")
+    demo.add_argument("--device", default="auto", help="device every notebook uses (LAB_DEVICE)")
+    demo.add_argument("--notebooks", nargs="*", default=None, help="only notebooks whose name starts so (e.g. 01)")
+    demo.add_argument("--timeout", type=_positive, default=600, help="seconds per cell")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="list embedded models and scheduler names")
     models.set_defaults(func=cmd_models)
