@@ -29,6 +29,16 @@ _API = {
     "Environment": "env",
     "LabError": "_checks",
     "set_scheduler": "schedulers",
+    "profile": "profiling",
+    "ProfileResult": "profiling",
+    "flops_report": "flops",
+    "FlopsReport": "flops",
+    "measure_peak": "flops",
+    "ResourceMonitor": "monitor",
+    "diagnose": "diagnosis",
+    "Diagnosis": "diagnosis",
+    "Thresholds": "diagnosis",
+    "plots": None,
     "scheduler_names": "schedulers",
 }
 
@@ -48,13 +58,19 @@ if TYPE_CHECKING:
         weight_bytes,
     )
     from .schedulers import scheduler_names, set_scheduler
+    from . import plots
+    from .diagnosis import Diagnosis, Thresholds, diagnose
+    from .flops import FlopsReport, flops_report, measure_peak
+    from .monitor import ResourceMonitor
+    from .profiling import ProfileResult, profile
     from .stats import Latency
     from .timing import StageTimer, StageTimes
 
 
 def __getattr__(name: str):
     if name in _API:
-        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        module = importlib.import_module(f".{_API[name] or name}", __name__)
+        value = module if _API[name] is None else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lab' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
 from .env import Environment
 from .memory import cuda_peaks, flush, peak_rss_bytes
+from .monitor import ResourceMonitor, ResourceSample
 from .results import Record
 from .stats import Latency
 from .timing import StageTimer, StageTimes
@@ -65,6 +66,7 @@ class CaseResult(Record):
     first_call_s: float | None = None
     images_per_s: float | None = None
     peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None  # resident before the measured calls (weights included)
     peak_cuda_allocated_mb: float | None = None
     peak_cuda_reserved_mb: float | None = None
     cpu_percent: float | None = None
@@ -111,6 +113,8 @@ class BenchmarkResult(Record):
     cases: list[CaseResult]
     env: Environment
     created: str
+    weight_bytes: int | None = None
+    resources: list[ResourceSample] = field(default_factory=list)
 
     def to_frame(self):
         """One row per case (pandas DataFrame)."""
@@ -148,6 +152,7 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
     kwargs = case.pipeline_kwargs()
     proc = psutil.Process()
     first_call, runs, output = None, [], None
+    rss_before = proc.memory_info().rss
     for i in range(warmup + repeats):
         flush(device)
         generator = torch.Generator("cpu").manual_seed(case.seed)
@@ -160,7 +165,7 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
             busy = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
             runs.append((times, peak_rss_bytes(), cuda_peaks(device), 100.0 * busy / times.total))
         tick()
-    return first_call, runs, output
+    return first_call, runs, output, rss_before
 
 
 def benchmark(
@@ -171,6 +176,7 @@ def benchmark(
     repeats: int = 5,
     image_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    monitor: ResourceMonitor | None = None,
 ) -> BenchmarkResult:
     """Time ``pipe`` on each case: ``warmup`` untimed calls, then ``repeats`` measured ones.
 
@@ -178,8 +184,11 @@ def benchmark(
 
     Args:
         image_dir: where to save each case's last image as ``<case>.png``; None saves nothing.
+        monitor: a ``ResourceMonitor`` sampling during the whole benchmark (kept in ``resources``).
     """
     from tqdm.auto import tqdm
+
+    from .models import weight_bytes
 
     cases = [cases] if isinstance(cases, Case) else list(cases)
     if not cases:
@@ -192,11 +201,13 @@ def benchmark(
     env = Environment.capture(device)
     results = []
     bar = tqdm(total=len(cases) * (warmup + repeats), desc="benchmark", unit="call", disable=not progress)
+    if monitor is not None:
+        monitor.start()
     with StageTimer(pipe, device=device) as timer:
         for case in cases:
             bar.set_postfix_str(case.name)
             try:
-                first, runs, output = _run_case(pipe, timer, case, device, warmup, repeats, lambda: bar.update())
+                first, runs, output, rss_before = _run_case(pipe, timer, case, device, warmup, repeats, bar.update)
             except Exception as err:  # one failing case never loses the others
                 results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
                 continue
@@ -215,6 +226,7 @@ def benchmark(
                     first_call_s=first,
                     images_per_s=len(output.images) / latency.median,
                     peak_rss_mb=max(r[1] for r in runs) / MB,
+                    rss_before_mb=rss_before / MB,
                     peak_cuda_allocated_mb=max(allocated) / MB if allocated else None,
                     peak_cuda_reserved_mb=max(reserved) / MB if reserved else None,
                     cpu_percent=statistics.fmean(r[3] for r in runs),
@@ -225,6 +237,8 @@ def benchmark(
                 )
             )
     bar.close()
+    if monitor is not None:
+        monitor.stop()
     return BenchmarkResult(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         pipeline=type(pipe).__name__,
@@ -236,6 +250,8 @@ def benchmark(
         cases=results,
         env=env,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        weight_bytes=sum(weight_bytes(pipe).values()),
+        resources=list(monitor.samples) if monitor is not None else [],
     )
 
 

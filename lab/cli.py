@@ -85,6 +85,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
+    """Benchmark, profile, FLOPs and (optionally) diagnosis of the first case, all under --out."""
+    _validate_model_args(args)
+    if args.record_steps < 1:
+        raise LabError(f"--record-steps must be >= 1, got {args.record_steps}")
+    case = _cases(args)[0]
+    if args.record_steps > case.steps:
+        raise LabError(f"--record-steps {args.record_steps} is more than the case's {case.steps} steps")
+    out = writable_dir(args.out)
+    from . import plots
+    from .benchmarking import benchmark
+    from .diagnosis import Thresholds, diagnose
+    from .flops import flops_report
+    from .models import load_pipeline
+    from .monitor import ResourceMonitor
+    from .profiling import profile
+
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
+    monitor = ResourceMonitor(interval=0.05)
+    bench = benchmark(pipe, case, warmup=1, repeats=args.repeats, progress=not args.quiet, monitor=monitor)
+    bench.save(out / "benchmark.json")
+    plots.plot_stages(bench, path=out / "stages.png")
+    plots.plot_resources(monitor, path=out / "resources.png")
+    prof = profile(pipe, case, record_steps=args.record_steps, out_dir=out, with_stack=args.with_stack)
+    prof.save(out / "profile.json")
+    trace = prof.export_chrome_trace(out / "trace.json.gz")
+    print(prof.ops(top=15).drop(columns=["input_shapes"]).round(1).to_markdown())
+    print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.record_steps} steps): {trace}  -> open in ui.perfetto.dev")
+    print(f"tensorboard --logdir {prof.tensorboard_dir}")
+    if not with_diagnosis:
+        return 0
+    stage = bench.cases[0].stages
+    report = flops_report(pipe, case, stage_seconds={"text_encoder": stage.text_encoder, "unet": stage.unet,
+                                                     "vae_decode": stage.vae_decode})
+    report.save(out / "flops.json")
+    plots.plot_utilisation(report, path=out / "utilisation.png")
+    diagnosis = diagnose(bench, profile=prof, flops=report,
+                         thresholds=Thresholds(time_budget_s=args.time_budget))
+    diagnosis.save(out / "diagnosis.json")
+    (out / "diagnosis.md").write_text(diagnosis.to_markdown() + "\n", encoding="utf-8")
+    print("\n" + report.to_markdown() + "\n\n" + diagnosis.to_markdown())
+    print(f"\nartifacts: {out.resolve()}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    return _profile_artifacts(args, with_diagnosis=False)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    return _profile_artifacts(args, with_diagnosis=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .notebooks import notebook_paths, run_notebook
 
@@ -132,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="output directory")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+
+    for name, func, text in (
+        ("profile", cmd_profile, "profile one case: op tables, Chrome/Perfetto trace, TensorBoard logdir"),
+        ("diagnose", cmd_diagnose, "benchmark + profile + FLOPs of one case, then bottleneck findings"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_model_args(p)
+        _add_case_args(p)
+        p.add_argument("--record-steps", type=int, default=2, help="denoising steps kept in the trace")
+        p.add_argument("--repeats", type=_positive, default=3, help="timed calls for the stage breakdown")
+        p.add_argument("--with-stack", action="store_true", help="record Python stacks (memory timeline)")
+        p.add_argument("--time-budget", type=float, default=10.0, help="seconds per image before it is 'slow'")
+        p.add_argument("--out", default=f"runs/{name}", help="output directory")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="execute the notebooks headless; artifacts under --out")
     demo.add_argument("--out", default="runs/demo", help="output directory")

@@ -49,11 +49,14 @@ class StageTimer:
     Args:
         ranges: also open ``torch.profiler.record_function`` ranges named ``lab:<stage>``.
         device: device whose queue is synchronised before every clock read.
+        listener: called as ``listener("begin" | "end", stage)`` at every stage boundary (after
+            a stage's range closes, before the next opens): FLOP counters and profilers hook in here.
     """
 
     pipe: Any
     device: str = "cpu"
     ranges: bool = False
+    listener: Callable[[str, str], None] | None = None
     _handles: list = field(default_factory=list, repr=False)
     _open: dict = field(default_factory=dict, repr=False)
     _acc: dict = field(default_factory=dict, repr=False)
@@ -63,6 +66,8 @@ class StageTimer:
     # -- stage bookkeeping -------------------------------------------------------------------
     def _begin(self, stage: str) -> None:
         synchronize(self.device)
+        if self.listener is not None:
+            self.listener("begin", stage)
         rf = None
         if self.ranges:
             import torch
@@ -77,6 +82,8 @@ class StageTimer:
         elapsed = time.perf_counter() - start
         if rf is not None:
             rf.__exit__(None, None, None)
+        if self.listener is not None:
+            self.listener("end", stage)
         return elapsed
 
     # -- hooks ---------------------------------------------------------------------------------

@@ -1,0 +1,268 @@
+"""``diagnose()``: turn measurements into findings with evidence and suggested recipes.
+
+The rules are the bottleneck checklist of seed 002 §1 (time over budget, memory over twice the
+weights, CPU-bound host work, quality drop) plus what a profile shows: which stage and which op
+family dominates, first-call cost, utilisation against the device peak, text encoding repeated
+for the same prompt and host-device synchronisation inside the denoising loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._checks import LabError
+from .results import Record
+
+# The recipe names each rule suggests: the one place they are written down (the recipe catalog
+# implements these names).
+SUGGESTIONS: dict[str, list[str]] = {
+    "time-over-budget": ["bf16", "fp16", "compile-unet", "dpm++2m-karras", "lcm"],
+    "memory-over-weights": ["vae-slicing", "vae-tiling", "attention-slicing", "model-cpu-offload"],
+    "cpu-bound-host": ["cache-prompt-embeds", "compile-unet"],
+    "pre-post-overhead": ["cache-prompt-embeds", "compile-vae"],
+    "quality-drop": ["fp32", "quanto-unet-int8w"],
+    "unet-dominates": ["bf16", "compile-unet", "dpm++2m-karras"],
+    "attention-bound": ["sdpa", "xformers", "fused-qkv"],
+    "convolution-bound": ["channels-last", "bf16", "compile-unet"],
+    "linear-bound": ["fused-qkv", "bf16", "quanto-unet-int8w"],
+    "vae-decode-heavy": ["vae-tiling", "compile-vae", "bf16"],
+    "first-call-gap": ["warmup"],
+    "low-utilisation": ["compile-unet", "channels-last", "bf16"],
+    "text-encoder-recomputed": ["cache-prompt-embeds"],
+    "host-device-sync": ["compile-unet"],
+}
+
+SEVERITIES = ("high", "medium", "low", "info")
+OP_FAMILIES = {
+    "attention": ("attention", "bmm", "baddbmm", "softmax"),
+    "convolution": ("conv",),
+    "linear": ("addmm", "linear", "aten::mm", "matmul"),
+}
+SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
+
+
+@dataclass
+class Thresholds(Record):
+    """When each rule fires; every value can be changed per call."""
+
+    time_budget_s: float = 10.0  # seconds per image (seed 002: > 10 s)
+    memory_ratio: float = 2.0  # peak memory / weight bytes (seed 002: > 2x model size)
+    host_cpu_percent: float = 50.0  # CPU % while a GPU computes (seed 002: > 50 %)
+    other_share: float = 0.15  # un-attributed (pre/post-processing) share of the call
+    ssim_min: float = 0.8  # seed 002: SSIM < 0.8
+    unet_share: float = 0.7
+    op_family_share: float = 0.4  # share of UNet self time for an op family to "dominate"
+    vae_share: float = 0.2
+    first_call_ratio: float = 1.5
+    utilisation_min_pct: float = 20.0
+    text_encoder_share: float = 0.01
+    syncs_per_step: float = 1.0
+
+
+@dataclass
+class Finding(Record):
+    rule: str
+    severity: str
+    message: str
+    evidence: dict[str, Any]
+    suggest: list[str]
+
+
+@dataclass
+class Diagnosis(Record):
+    """Findings (most severe first), and the rules that could not be checked with the reason."""
+
+    findings: list[Finding]
+    skipped: dict[str, str]
+    thresholds: Thresholds
+
+    @property
+    def rules(self) -> list[str]:
+        return [f.rule for f in self.findings]
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = [{"rule": f.rule, "severity": f.severity, "finding": f.message,
+                 "evidence": ", ".join(f"{k}={_fmt(v)}" for k, v in f.evidence.items()),
+                 "try": ", ".join(f.suggest)} for f in self.findings]
+        return pd.DataFrame(rows, columns=["rule", "severity", "finding", "evidence", "try"])
+
+    def to_markdown(self) -> str:
+        if not self.findings:
+            body = "No findings: nothing crossed a threshold."
+        else:
+            body = self.to_frame().to_markdown(index=False)
+        if self.skipped:
+            body += "\n\nNot checked: " + "; ".join(f"`{k}` ({v})" for k, v in self.skipped.items())
+        return body
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _finding(rule: str, severity: str, message: str, **evidence: Any) -> Finding:
+    return Finding(rule, severity, message, evidence, list(SUGGESTIONS.get(rule, [])))
+
+
+def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Finding], skipped: dict[str, str]) -> None:
+    cases = [c for c in bench.cases if c.latency is not None]
+    if not cases:
+        skipped["benchmark rules"] = "no successful case"
+        return
+    on_cuda = bench.device.startswith("cuda")
+
+    slow = max(cases, key=lambda c: c.latency.median)
+    if slow.latency.median > th.time_budget_s:
+        out.append(_finding("time-over-budget", "high",
+                            f"{slow.case.name} takes {slow.latency.median:.2f} s per image, over the "
+                            f"{th.time_budget_s:g} s budget", median_s=slow.latency.median,
+                            budget_s=th.time_budget_s, cases_over=sum(c.latency.median > th.time_budget_s
+                                                                      for c in cases)))
+
+    if bench.weight_bytes:
+        worst, ratio = None, 0.0
+        for c in cases:
+            if on_cuda and c.peak_cuda_allocated_mb is not None:
+                peak_mb = c.peak_cuda_allocated_mb
+            elif not on_cuda and c.peak_rss_mb is not None and c.rss_before_mb is not None:
+                # process RSS holds the runtime too: count only the weights plus what the call adds
+                peak_mb = bench.weight_bytes / 2**20 + max(c.peak_rss_mb - c.rss_before_mb, 0.0)
+            else:
+                continue
+            r = peak_mb * 2**20 / bench.weight_bytes
+            if r > ratio:
+                worst, ratio = (c, peak_mb), r
+        if worst and ratio > th.memory_ratio:
+            out.append(_finding("memory-over-weights", "medium",
+                                f"peak memory is {ratio:.1f}x the weights ({worst[0].case.name}): activations, "
+                                "not weights, set the footprint", peak_mb=worst[1],
+                                weights_mb=bench.weight_bytes / 2**20, ratio=ratio))
+    else:
+        skipped["memory-over-weights"] = "weight bytes unknown"
+
+    if on_cuda:
+        busy = max(cases, key=lambda c: c.cpu_percent or 0.0)
+        if (busy.cpu_percent or 0.0) > th.host_cpu_percent:
+            out.append(_finding("cpu-bound-host", "medium",
+                                f"the host CPU is {busy.cpu_percent:.0f}% busy while the GPU computes",
+                                cpu_percent=busy.cpu_percent))
+    else:
+        skipped["cpu-bound-host"] = "the CPU is the compute device here"
+
+    shares = {c.case.name: c.stages.shares() for c in cases}
+    name, share = max(((n, s["other"]) for n, s in shares.items()), key=lambda x: x[1])
+    if share > th.other_share:
+        out.append(_finding("pre-post-overhead", "medium",
+                            f"{share:.0%} of {name}'s time is outside the text encoder, UNet and VAE "
+                            "(pre/post-processing, scheduler setup)", other_share=share))
+
+    name, share = max(((n, s["unet"]) for n, s in shares.items()), key=lambda x: x[1])
+    if share > th.unet_share:
+        out.append(_finding("unet-dominates", "info", f"the UNet takes {share:.0%} of the time ({name}): "
+                            "optimise the denoising loop first", unet_share=share))
+
+    name, share = max(((n, s["vae_decode"]) for n, s in shares.items()), key=lambda x: x[1])
+    if share > th.vae_share:
+        out.append(_finding("vae-decode-heavy", "medium",
+                            f"VAE decode takes {share:.0%} of the time ({name})", vae_share=share))
+
+    gaps = [(c, c.first_call_s / c.latency.median) for c in cases if c.first_call_s]
+    if gaps:
+        c, ratio = max(gaps, key=lambda x: x[1])
+        if ratio > th.first_call_ratio:
+            out.append(_finding("first-call-gap", "low",
+                                f"the first call of {c.case.name} took {ratio:.1f}x the steady state: warm up "
+                                "(or cache compiled graphs) before serving", first_call_s=c.first_call_s,
+                                median_s=c.latency.median, ratio=ratio))
+
+    prompts = [c.case.prompt for c in cases]
+    repeated = bench.repeats > 1 or len(set(prompts)) < len(prompts)
+    name, share = max(((n, s["text_encoder"]) for n, s in shares.items()), key=lambda x: x[1])
+    if repeated and share > th.text_encoder_share:
+        out.append(_finding("text-encoder-recomputed", "low",
+                            f"the same prompts were encoded again on every call ({share:.1%} of {name}'s time); "
+                            "cache prompt embeddings", text_encoder_share=share, calls_per_prompt=bench.repeats))
+
+    if ssim is not None and ssim < th.ssim_min:
+        out.append(_finding("quality-drop", "high", f"SSIM {ssim:.3f} against the reference is below "
+                            f"{th.ssim_min}: the optimisation went too far", ssim=ssim))
+
+
+def _op_family(name: str) -> str:
+    lowered = name.lower()
+    for family, keys in OP_FAMILIES.items():
+        if any(k in lowered for k in keys):
+            return family
+    return "other"
+
+
+def _profile_rules(prof, th: Thresholds, out: list[Finding], skipped: dict[str, str]) -> None:
+    unet = [r for r in prof.op_records if r.stage.startswith("unet_step_")]
+    on_device = any(r.self_device_us > 0 for r in unet)
+    key = "self_device_us" if on_device else "self_cpu_us"
+    total = sum(getattr(r, key) for r in unet)
+    if total > 0:
+        families: dict[str, float] = {}
+        for r in unet:
+            fam = _op_family(r.name)
+            families[fam] = families.get(fam, 0.0) + getattr(r, key)
+        family, t = max(((f, v) for f, v in families.items() if f != "other"), key=lambda x: x[1],
+                        default=("other", 0.0))
+        share = t / total
+        if share > th.op_family_share:
+            out.append(_finding(f"{family}-bound", "medium",
+                                f"{family} ops take {share:.0%} of the UNet's {'device' if on_device else 'CPU'} "
+                                "time", **{f"{f}_share": v / total for f, v in sorted(families.items())}))
+    else:
+        skipped["op-family"] = "the profile recorded no UNet ops"
+
+    if prof.device.startswith("cuda"):
+        syncs = sum(r.calls for r in unet if any(s in r.name for s in SYNC_OPS))
+        per_step = syncs / max(prof.record_steps, 1)
+        if per_step >= th.syncs_per_step:
+            out.append(_finding("host-device-sync", "medium",
+                                f"{per_step:.1f} host-device synchronisations per denoising step stall the GPU "
+                                "queue", syncs_per_step=per_step))
+    else:
+        skipped["host-device-sync"] = "not a CUDA profile"
+
+
+def diagnose(benchmark=None, *, profile=None, flops=None, ssim: float | None = None,
+             thresholds: Thresholds | None = None) -> Diagnosis:
+    """Apply every rule the given measurements allow; returns a ``Diagnosis``.
+
+    Args:
+        benchmark: a ``BenchmarkResult``; profile: a ``ProfileResult``; flops: a ``FlopsReport``.
+        ssim: SSIM of an optimized image against its reference, when there is one.
+    """
+    if benchmark is None and profile is None and flops is None and ssim is None:
+        raise LabError("diagnose needs at least one of benchmark, profile, flops or ssim")
+    th = thresholds or Thresholds()
+    findings: list[Finding] = []
+    skipped: dict[str, str] = {}
+    if benchmark is not None:
+        _benchmark_rules(benchmark, th, ssim, findings, skipped)
+    elif ssim is not None and ssim < th.ssim_min:
+        findings.append(_finding("quality-drop", "high", f"SSIM {ssim:.3f} is below {th.ssim_min}", ssim=ssim))
+    if profile is not None:
+        _profile_rules(profile, th, findings, skipped)
+    else:
+        skipped["op-family, host-device-sync"] = "no profile given"
+    if flops is not None:
+        unet = flops.stage("unet")
+        if unet.utilisation_pct < th.utilisation_min_pct:
+            findings.append(_finding("low-utilisation", "medium",
+                                     f"the UNet reaches {unet.utilisation_pct:.1f}% of the measured "
+                                     f"{flops.peak.dtype} matmul peak", utilisation_pct=unet.utilisation_pct,
+                                     achieved_gflops_per_s=unet.achieved_flops_per_s / 1e9,
+                                     peak_gflops_per_s=flops.peak.flops_per_s / 1e9))
+    else:
+        skipped["low-utilisation"] = "no FLOPs report given"
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    return Diagnosis(findings=findings, skipped=skipped, thresholds=th)

@@ -1,0 +1,127 @@
+import dataclasses
+
+import pytest
+
+import lab
+from lab.benchmarking import StageSummary
+from lab.diagnosis import SUGGESTIONS, Thresholds, diagnose
+from lab.flops import FlopsReport, Peak, StageFlops
+from lab.profiling import OpRecord, ProfileResult, StageSpan
+from lab.stats import Latency
+
+RULES = set(SUGGESTIONS)
+
+
+def _bench(device="cpu", median=1.0, stages=(0.05, 0.65, 0.15, 0.1), first=1.1, cpu=150.0, rss=(500.0, 520.0),
+           cuda_peak=None, weight_mb=100.0, repeats=1, prompts=("a", "b")):
+    te, unet, vae, other = stages
+    lat = Latency.from_values([median])
+    cases = [lab.CaseResult(case=lab.Case(p, steps=4, name=p), latency=lat, first_call_s=first * median,
+                            images_per_s=1 / median, peak_rss_mb=rss[1], rss_before_mb=rss[0],
+                            peak_cuda_allocated_mb=cuda_peak, cpu_percent=cpu,
+                            stages=StageSummary(te, unet, unet / 4, vae, other, [unet / 4] * 4))
+             for p in prompts]
+    env = lab.Environment.capture("cpu")
+    return lab.BenchmarkResult(model="m", pipeline="P", dtype="fp32", device=device, scheduler="S", warmup=1,
+                               repeats=repeats, cases=cases, env=env, created="now",
+                               weight_bytes=int(weight_mb * 2**20))
+
+
+def _profile(device="cpu", ops=(("aten::mkldnn_convolution", 100.0), ("aten::addmm", 100.0),
+                                ("aten::_scaled_dot_product_flash_attention_for_cpu", 100.0))):
+    dev = device.startswith("cuda")
+    records = [OpRecord("unet_step_0", name, 1, 0.0 if dev else t, t, t if dev else 0.0, t if dev else 0.0)
+               for name, t in ops]
+    return ProfileResult(model="m", case=lab.Case("a"), device=device, record_steps=1, denoising_steps=4,
+                         wall_s=1.0, spans=[StageSpan("unet_step_0", 0.0, 400.0)], op_records=records,
+                         trace_path="t", tensorboard_dir="d", trace_bytes=1, env=lab.Environment.capture("cpu"))
+
+
+def _flops(utilisation):
+    peak = Peak("cpu", "fp32", 1e11, 1024, 0.02)
+    stages = [StageFlops("unet", 10, 1.0, utilisation * 1e9, utilisation)]
+    return FlopsReport(model="m", case=lab.Case("a"), peak=peak, stages=stages, unet_step_flops=1,
+                       unet_step_flops_analytic=1)
+
+
+def test_a_healthy_run_has_no_findings():
+    d = diagnose(_bench(), profile=_profile(), flops=_flops(45.0))
+    assert d.findings == [], d.to_markdown()
+    assert "cpu-bound-host" in d.skipped and "host-device-sync" in d.skipped
+    assert "No findings" in d.to_markdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs, rule",
+    [
+        ({"median": 12.0}, "time-over-budget"),
+        ({"rss": (500.0, 650.0)}, "memory-over-weights"),  # +150 MB of activations on 100 MB weights
+        ({"device": "cuda", "cuda_peak": 250.0, "cpu": 30.0}, "memory-over-weights"),
+        ({"device": "cuda", "cuda_peak": 150.0, "cpu": 80.0}, "cpu-bound-host"),
+        ({"stages": (0.05, 0.5, 0.2, 0.25)}, "pre-post-overhead"),
+        ({"stages": (0.02, 0.8, 0.15, 0.03)}, "unet-dominates"),
+        ({"stages": (0.05, 0.45, 0.45, 0.05)}, "vae-decode-heavy"),
+        ({"first": 3.0}, "first-call-gap"),
+        ({"repeats": 3}, "text-encoder-recomputed"),
+        ({"prompts": ("a", "a")}, "text-encoder-recomputed"),
+    ],
+)
+def test_each_benchmark_rule_fires_on_its_trigger(kwargs, rule):
+    d = diagnose(_bench(**kwargs), thresholds=Thresholds())
+    assert rule in d.rules, d.to_markdown()
+    finding = next(f for f in d.findings if f.rule == rule)
+    assert finding.evidence and finding.suggest == SUGGESTIONS[rule]
+    others = set(d.rules) - {rule}
+    assert not others - {"unet-dominates"}, others  # nothing else fires on the same healthy base
+
+
+def test_quality_rule():
+    assert "quality-drop" in diagnose(_bench(), ssim=0.7).rules
+    assert "quality-drop" not in diagnose(_bench(), ssim=0.95).rules
+    assert diagnose(ssim=0.5).rules == ["quality-drop"]
+
+
+@pytest.mark.parametrize(
+    "name, rule",
+    [("aten::_scaled_dot_product_flash_attention_for_cpu", "attention-bound"),
+     ("aten::mkldnn_convolution", "convolution-bound"), ("aten::addmm", "linear-bound")],
+)
+def test_op_family_rules(name, rule):
+    ops = [(n, 500.0 if n == name else 100.0) for n in
+           ("aten::mkldnn_convolution", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu")]
+    d = diagnose(profile=_profile(ops=ops))
+    assert d.rules == [rule]
+    assert d.findings[0].evidence[rule.replace("-bound", "_share")] == pytest.approx(500 / 700)
+
+
+def test_low_utilisation_and_sync_rules():
+    assert diagnose(flops=_flops(5.0)).rules == ["low-utilisation"]
+    sync = _profile("cuda", ops=(("aten::mkldnn_convolution", 100.0), ("aten::_local_scalar_dense", 1.0),
+                                 ("aten::addmm", 100.0), ("aten::bmm", 100.0)))
+    assert "host-device-sync" in diagnose(profile=sync).rules
+    assert "host-device-sync" not in diagnose(profile=_profile("cuda")).rules
+
+
+def test_thresholds_are_configurable():
+    bench = _bench(median=5.0)
+    assert "time-over-budget" not in diagnose(bench).rules
+    assert "time-over-budget" in diagnose(bench, thresholds=Thresholds(time_budget_s=2.0)).rules
+
+
+def test_rendering_and_roundtrip():
+    d = diagnose(_bench(median=12.0, first=3.0))
+    assert d.findings[0].severity == "high"  # most severe first
+    frame = d.to_frame()
+    assert list(frame.columns) == ["rule", "severity", "finding", "evidence", "try"]
+    assert "time-over-budget" in d.to_markdown()
+    assert type(d).from_json(d.to_json()) == d
+
+
+def test_needs_some_input():
+    with pytest.raises(lab.LabError, match="at least one"):
+        diagnose()
+
+
+def test_every_rule_has_suggestions():
+    assert all(SUGGESTIONS[r] for r in RULES)
+    assert dataclasses.fields(Thresholds)

@@ -1,0 +1,50 @@
+import mmap
+import time
+
+import pytest
+
+from lab import plots
+from lab.monitor import ResourceMonitor
+
+
+def test_monitor_samples_at_its_interval():
+    import torch
+
+    a = torch.randn(512, 512)
+    with ResourceMonitor(interval=0.02) as monitor:
+        time.sleep(0.1)
+        before = monitor.samples[-1].rss_mb
+        data = mmap.mmap(-1, 128 * 1024 * 1024)  # fresh pages (a heap reuse would not grow RSS)
+        data.write(b"\x01" * len(data))  # touched: now resident
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:  # torch releases the GIL inside ops, as a pipeline does
+            torch.mm(a, a)
+    frame = monitor.frame()
+    assert 10 <= len(frame) <= 25
+    assert {"cpu_percent", "rss_mb", "system_memory_percent"} <= set(frame.columns)
+    assert frame["rss_mb"].max() - before > 100 and frame["cpu_percent"].max() > 50
+    assert monitor.summary()["peak_rss_mb"] == frame["rss_mb"].max()
+    data.close()
+
+
+def test_monitor_plot_and_errors():
+    monitor = ResourceMonitor(interval=0.01)
+    with monitor:
+        time.sleep(0.1)
+    fig = plots.plot_resources(monitor)
+    assert fig.axes[0].get_ylabel().startswith("CPU") and fig.axes[1].get_ylabel() == "RSS (MB)"
+    with pytest.raises(ValueError, match="interval"):
+        ResourceMonitor(interval=0)
+    monitor.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        monitor.start()
+    monitor.stop()
+
+
+def test_monitor_attaches_to_benchmark(tiny_pipe):
+    import lab
+
+    res = lab.benchmark(tiny_pipe, lab.Case("x", steps=2), repeats=2, progress=False,
+                        monitor=ResourceMonitor(interval=0.01))
+    assert res.resources and res.resources[-1].t > 0
+    assert type(res).from_json(res.to_json()) == res

@@ -1,0 +1,119 @@
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import lab
+from lab.profiling import ProfileResult, profile
+
+RANGES = {"lab:text_encoder", "lab:unet_step_0", "lab:unet_step_1", "lab:vae_decode"}
+
+
+@pytest.fixture(scope="module")
+def result(tiny_pipe, tmp_path_factory):
+    return profile(tiny_pipe, lab.Case("a red circle", steps=6, name="circle"), record_steps=2,
+                   out_dir=tmp_path_factory.mktemp("profile"))
+
+
+def _range_names(trace: dict) -> set[str]:
+    return {e["name"] for e in trace["traceEvents"] if str(e.get("name", "")).startswith("lab:")}
+
+
+def test_trace_parses_and_holds_only_the_recorded_steps(result):
+    trace = json.loads(open(result.trace_path).read())
+    assert _range_names(trace) == RANGES  # steps 2.. are paused out of the trace
+    assert result.trace_bytes == len(open(result.trace_path, "rb").read())
+    assert result.denoising_steps == 7 and result.record_steps == 2  # PNDM: steps + 1 timesteps
+
+
+def test_gzip_and_plain_exports(result, tmp_path):
+    gz = result.export_chrome_trace(tmp_path / "t.json.gz")
+    with gzip.open(gz, "rt") as f:
+        assert _range_names(json.load(f)) == RANGES
+    plain = result.export_chrome_trace(tmp_path / "t.json")
+    assert _range_names(json.loads(plain.read_text())) == RANGES
+
+
+def test_stage_table_comes_from_the_ranges(result):
+    stages = result.stages()
+    assert list(stages.index) == ["text_encoder", "unet_step_0", "unet_step_1", "vae_decode"]
+    assert (stages["ms"] > 0).all() and stages["share"].sum() == pytest.approx(1.0)
+
+
+def test_op_tables(result):
+    top = result.ops(by="self", top=5)
+    assert len(top) == 5 and list(top["self_cpu_us"]) == sorted(top["self_cpu_us"], reverse=True)
+    assert {"calls", "self_cpu_us", "cpu_total_us", "self_device_us", "device_total_us", "input_shapes",
+            "stage_share"} <= set(top.columns)
+    unet = result.ops(stage="unet", top=None)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in unet.index  # attention runs in the UNet
+    assert unet["stage_share"].sum() <= 1.0 + 1e-6  # self times within the stage never exceed it
+    assert "aten::embedding" in result.ops(stage="text_encoder", top=None).index
+    assert "aten::embedding" not in unet.index and "aten::embedding" not in result.ops(stage="vae_decode").index
+    by_total = result.ops(by="total", top=3)
+    assert list(by_total["cpu_total_us"]) == sorted(by_total["cpu_total_us"], reverse=True)
+    assert "[" in unet.loc["aten::mkldnn_convolution", "input_shapes"]  # shapes recorded
+    with pytest.raises(lab.LabError, match="sort key"):
+        result.ops(by="median")
+
+
+def test_json_roundtrip(result):
+    assert ProfileResult.from_json(result.to_json()) == result
+
+
+def test_memory_timeline_with_stacks(tiny_pipe, tmp_path):
+    res = profile(tiny_pipe, lab.Case("x", steps=2), record_steps=1, out_dir=tmp_path, with_stack=True)
+    assert res.memory_timeline and open(res.memory_timeline).read().lstrip().startswith("<")
+
+
+def test_memory_timeline_absence_is_explained(result):
+    assert result.memory_timeline is None and any("with_stack" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"record_steps": 5}, "record_steps=5 is more than"),
+                                             ({"record_steps": 0}, "record_steps must be")])
+def test_bad_record_steps(tiny_pipe, tmp_path, kwargs, message):
+    with pytest.raises(lab.LabError, match=message):
+        profile(tiny_pipe, lab.Case("x", steps=4), out_dir=tmp_path, **kwargs)
+
+
+def test_unwritable_out_dir(tiny_pipe, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(lab.LabError, match="not writable"):
+        profile(tiny_pipe, lab.Case("x", steps=2), out_dir=blocker / "p")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_lists_the_run(result):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", result.tensorboard_dir, "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler/runs"
+    body = None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+                if body.get("runs") and not body.get("loading"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert body is not None and body["runs"] == ["tiny-circle"], body
