@@ -50,6 +50,10 @@ class StageSummary(Record):
             steps=steps,
         )
 
+    def seconds(self) -> dict[str, float]:
+        """Median seconds of the compute stages, as ``flops_report(stage_seconds=...)`` takes them."""
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decode": self.vae_decode}
+
     def shares(self) -> dict[str, float]:
         total = self.text_encoder + self.unet + self.vae_decode + self.other
         parts = {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decode": self.vae_decode}

@@ -116,9 +116,7 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
     print(f"tensorboard --logdir {prof.tensorboard_dir}")
     if not with_diagnosis:
         return 0
-    stage = bench.cases[0].stages
-    report = flops_report(pipe, case, stage_seconds={"text_encoder": stage.text_encoder, "unet": stage.unet,
-                                                     "vae_decode": stage.vae_decode})
+    report = flops_report(pipe, case, stage_seconds=bench.cases[0].stages.seconds())
     report.save(out / "flops.json")
     plots.plot_utilisation(report, path=out / "utilisation.png")
     diagnosis = diagnose(bench, profile=prof, flops=report,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,16 @@ def run_notebook(path: Path, out: str | os.PathLike, *, timeout: int = 600, env:
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     )
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # the kernel inherits this process's environment
+    # the kernel inherits this process's environment; lab importable even without an install
+    env = {**(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     start, error = time.perf_counter(), None
     try:
         client.execute()
     except CellExecutionError as err:
-        error = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # drop the traceback's colour codes
+        error = text.splitlines()[-1] if text else repr(err)
     finally:
         for key, value in saved.items():
             if value is None:

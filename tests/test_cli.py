@@ -69,3 +69,34 @@ def test_malformed_prompt_file(tmp_path):
     bad.write_text(json.dumps({"cases": [{"prompt": "ok"}, {"steps": 3}]}))
     out = run("bench", "--prompts", str(bad), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "case 1" in out.stderr
+
+
+def test_diagnose_writes_every_artifact(tmp_path):
+    out = run("diagnose", "--model", "tiny", "--steps", "3", "--cases", "1", "--repeats", "1", "--quiet",
+              "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    from lab.diagnosis import Diagnosis
+    from lab.flops import FlopsReport
+    from lab.profiling import ProfileResult
+
+    for name in ("stages.png", "resources.png", "utilisation.png", "trace.json.gz", "diagnosis.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert ProfileResult.load(tmp_path / "profile.json").record_steps == 2
+    assert FlopsReport.load(tmp_path / "flops.json").stage("unet").flops > 0
+    assert isinstance(Diagnosis.load(tmp_path / "diagnosis.json").findings, list)
+    assert list((tmp_path / "tensorboard" / "tiny-astronaut").glob("*.pt.trace.json"))
+    assert "tensorboard --logdir" in out.stdout and "| rule" in out.stdout
+
+
+def test_profile_rejects_too_many_record_steps(tmp_path):
+    out = run("profile", "--steps", "3", "--record-steps", "9", "--out", str(tmp_path))
+    assert out.returncode == 2 and "--record-steps 9 is more than the case's 3 steps" in out.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_notebooks(tmp_path):
+    out = run("demo", "--notebooks", "01", "--out", str(tmp_path), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "01_diagnose" / "01_diagnose.ipynb").exists()
+    assert (tmp_path / "01_diagnose" / "artifacts" / "trace.json.gz").exists()
+    assert str(tmp_path) in out.stdout

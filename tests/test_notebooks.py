@@ -1,0 +1,34 @@
+"""Notebooks are tests too: each runs headless, top to bottom, within its time budget."""
+
+import json
+
+import pytest
+
+from lab.notebooks import notebook_paths, run_notebook
+
+# seconds each notebook may take on the tiny model on 2 CPU cores (the issues' budgets)
+BUDGETS = {"01_diagnose": 90}
+NOTEBOOKS = notebook_paths()
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no numbered notebooks found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_structure(path):
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "?" in "".join(cells[0]["source"]), "opens with its question"
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), "tagged parameters cell"
+    assert "takeaway" in "".join(cells[-1]["source"]).lower(), "ends with a takeaway"
+    assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), "committed without outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_headless(path, tmp_path):
+    run = run_notebook(path, tmp_path, timeout=300, env={"LAB_MODEL": "tiny", "LAB_DEVICE": "cpu"})
+    assert run.error is None, run.error
+    assert run.seconds < BUDGETS.get(path.stem, 180), f"{path.stem} took {run.seconds:.0f} s"
+    assert (tmp_path / path.stem / path.name).exists()
