@@ -158,6 +158,14 @@ def parameter_counts(pipe) -> dict[str, int]:
     }
 
 
+def tensor_bytes(t) -> int:
+    """Bytes a tensor really stores; quantized (quanto) tensors count their inner data and scales."""
+    if hasattr(t, "__tensor_flatten__"):
+        inner, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in inner)
+    return t.numel() * t.element_size()
+
+
 def weight_bytes(pipe) -> dict[str, int]:
     """Bytes of parameters and buffers per component, as stored (quantized weights included)."""
     import torch
@@ -166,7 +174,7 @@ def weight_bytes(pipe) -> dict[str, int]:
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
             tensors = list(module.parameters()) + list(module.buffers())
-            out[name] = sum(t.numel() * t.element_size() for t in tensors)
+            out[name] = sum(tensor_bytes(t) for t in tensors)
     return out
 
 

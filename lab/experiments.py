@@ -1,0 +1,258 @@
+"""``compare()``: run recipes × cases × seeds against a baseline, resumably, one failure at a time.
+
+Every run appends one JSON line to ``<out>/results.jsonl`` (flushed and fsynced) and saves its image
+under ``<out>/images/<recipe>/``. Re-running with the same ``out`` skips runs already recorded as
+``ok`` or ``skipped`` (errors are retried), so a crash or Ctrl-C loses nothing that finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import re
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._checks import LabError, positive_int, writable_dir
+from .cases import Case
+from .results import Record
+from .stats import Latency
+
+RESULTS = "results.jsonl"
+DONE = ("ok", "skipped")
+
+
+def slug(recipe: str) -> str:
+    """A folder name for a recipe string."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", recipe)
+
+
+@dataclass
+class RunRecord(Record):
+    """One (recipe, case, seed) run: its status and what was measured."""
+
+    recipe: str
+    case: str
+    seed: int
+    status: str  # ok | error | oom | skipped
+    prompt: str = ""
+    steps: int = 0
+    guidance: float = 0.0
+    error: str | None = None
+    latency: Latency | None = None
+    first_call_s: float | None = None
+    apply_s: float | None = None
+    peak_rss_mb: float | None = None
+    peak_cuda_allocated_mb: float | None = None
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    ssim: float | None = None
+    psnr: float | None = None
+    image: str | None = None
+    created: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.recipe, self.case, self.seed)
+
+
+@dataclass
+class Comparison(Record):
+    """All runs of a comparison; ``to_frame()`` summarises them per recipe against the baseline."""
+
+    model: str
+    baseline: str
+    out: str
+    records: list[RunRecord]
+    corrupt_lines: list[int] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, out: str | os.PathLike, model: str = "", baseline: str | None = None) -> "Comparison":
+        """Read ``<out>/results.jsonl``; a corrupt line is reported with its number and skipped."""
+        path = Path(out) / RESULTS
+        latest: dict[tuple, RunRecord] = {}
+        corrupt: list[int] = []
+        if path.exists():
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = RunRecord.from_dict(json.loads(line))
+                except (ValueError, TypeError, KeyError) as err:
+                    corrupt.append(number)
+                    warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})",
+                                  stacklevel=2)
+                    continue
+                latest[rec.key] = rec  # a retried run supersedes its earlier line
+        records = list(latest.values())
+        meta = Path(out) / "comparison.json"
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            model, baseline = model or info.get("model", ""), baseline or info.get("baseline")
+        baseline = baseline or (records[0].recipe if records else "")
+        return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt)
+
+    def to_frame(self):
+        """Per recipe: latency median and spread, speedup, memory and its delta, weights, quality, status."""
+        import pandas as pd
+
+        base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
+        rows = []
+        for recipe in dict.fromkeys(r.recipe for r in self.records):
+            runs = [r for r in self.records if r.recipe == recipe]
+            ok = [r for r in runs if r.status == "ok"]
+            statuses = sorted({r.status for r in runs})
+            row = {"recipe": recipe, "status": ",".join(statuses), "runs": len(runs), "ok": len(ok)}
+            if ok:
+                med = statistics.median
+                ratios = [base[(r.case, r.seed)].latency.median / r.latency.median
+                          for r in ok if (r.case, r.seed) in base]
+                mem = [r.peak_cuda_allocated_mb or r.peak_rss_mb for r in ok]
+                base_mem = [b.peak_cuda_allocated_mb or b.peak_rss_mb for b in base.values()]
+                row.update(
+                    latency_s=med(r.latency.median for r in ok),
+                    latency_iqr_s=med(r.latency.iqr for r in ok),
+                    speedup=med(ratios) if ratios else None,
+                    peak_mem_mb=max(mem),
+                    peak_mem_delta_mb=max(mem) - max(base_mem) if base_mem else None,
+                    weight_mb=sum(ok[0].weight_bytes.values()) / 2**20,
+                    ssim=statistics.fmean(r.ssim for r in ok if r.ssim is not None)
+                    if any(r.ssim is not None for r in ok) else None,
+                    psnr=min((r.psnr for r in ok if r.psnr is not None), default=None),
+                    first_call_s=max(r.first_call_s or 0.0 for r in ok),
+                    apply_s=ok[0].apply_s,
+                )
+            else:
+                row["reason"] = next((r.error for r in runs if r.error), "")
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("recipe")
+
+    def to_markdown(self, digits: int = 3) -> str:
+        return self.to_frame().round(digits).to_markdown()
+
+    def _repr_markdown_(self) -> str:
+        return f"**{self.model}** vs baseline `{self.baseline}` ({self.out})\n\n" + self.to_markdown()
+
+    def record(self, recipe: str, case: str, seed: int = 0) -> RunRecord:
+        return next(r for r in self.records if r.key == (recipe, case, seed))
+
+
+def _append(path: Path, record: RunRecord) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record.to_dict()) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _status(error: str) -> str:
+    return "oom" if "OutOfMemoryError" in error or "out of memory" in error.lower() else "error"
+
+
+def compare(
+    model: str,
+    recipes: Sequence[str],
+    cases: Sequence[Case] | Case,
+    *,
+    seeds: Sequence[int] = (0,),
+    repeats: int = 3,
+    warmup: int = 1,
+    out: str | os.PathLike = "runs/compare",
+    dtype: str = "fp32",
+    device: str = "auto",
+    progress: bool = True,
+) -> Comparison:
+    """Benchmark each recipe string (the first is the baseline) on every case and seed.
+
+    Each recipe gets a freshly loaded pipeline; a recipe that cannot apply here is recorded as
+    ``skipped`` with the reason; an exception or out-of-memory is recorded and the sweep goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from .benchmarking import benchmark
+    from .env import Environment
+    from .models import load_pipeline, weight_bytes
+    from .quality import psnr, ssim
+    from .recipes import RecipeEnv, parse
+
+    cases = [cases] if isinstance(cases, Case) else list(cases)
+    recipes = list(recipes)
+    if not recipes:
+        raise LabError("compare needs at least one recipe (the first is the baseline)")
+    if not cases:
+        raise LabError("compare needs at least one case")
+    positive_int("repeats", repeats)
+    positive_int("warmup", warmup, minimum=0)
+    if not seeds:
+        raise LabError("compare needs at least one seed")
+    plans = {text: parse(text) for text in recipes}  # every name and combination checked before any work
+    out = writable_dir(out)
+    path = out / RESULTS
+    baseline = recipes[0]
+    meta = {"model": model, "baseline": baseline, "recipes": recipes, "dtype": dtype}
+    (out / "comparison.json").write_text(json.dumps(meta, indent=2))
+    existing = Comparison.load(out, model, baseline)
+    done = {r.key for r in existing.records if r.status in DONE}
+    env = RecipeEnv.detect(device)
+    device = env.device
+    (out / "environment.json").write_text(Environment.capture(device).to_json())
+
+    def now() -> str:
+        return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
+    bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
+    bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
+    for text in recipes:
+        todo = [(c, s) for c, s in ((c, s) for c in cases for s in seeds) if (text, c.name, s) not in done]
+        if not todo:
+            continue
+        plan = plans[text]
+        bar.set_postfix_str(text)
+        overrides = plan.case_overrides()
+        reasons = plan.check(env)
+        pipe, error, apply_s = None, None, None
+        if reasons:
+            error = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        else:
+            try:
+                pipe = load_pipeline(model, dtype=dtype, device=device)
+                start = time.perf_counter()
+                plan.apply(pipe, [c.with_overrides(**overrides) for c in cases])
+                apply_s = time.perf_counter() - start
+            except Exception as err:  # a recipe that fails to apply is a result, not a crash
+                error, pipe = f"{type(err).__name__}: {err}", None
+        for case, seed in todo:
+            run_case = case.with_overrides(seed=seed, **overrides)
+            base = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if reasons else "error",
+                             prompt=run_case.prompt, steps=run_case.steps, guidance=run_case.guidance,
+                             error=error, apply_s=apply_s, created=now())
+            if pipe is None:
+                _append(path, base)
+                bar.update()
+                continue
+            image_dir = out / "images" / slug(text)
+            named = run_case.with_overrides(name=f"{case.name}-s{seed}")
+            result = benchmark(pipe, named, warmup=warmup, repeats=repeats, image_dir=image_dir, progress=False)
+            c = result.cases[0]
+            if c.error:
+                base.status, base.error = _status(c.error), c.error
+            else:
+                base.status = "ok"
+                base.latency, base.first_call_s = c.latency, c.first_call_s
+                base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
+                base.weight_bytes = weight_bytes(pipe)
+                base.image = str(Path(c.image).relative_to(out))
+                reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"
+                if reference.exists():
+                    base.ssim, base.psnr = ssim(c.image, reference), psnr(c.image, reference)
+            _append(path, base)
+            bar.update()
+        del pipe
+        gc.collect()
+    bar.close()
+    return Comparison.load(out, model, baseline)

@@ -1,0 +1,110 @@
+"""Optimisation tiers (seed 002 §3) and the hardware decision tree (seed 002 §2), corrected.
+
+Corrections to the seed: attention slicing is not combined with SDPA (it slows SDPA down); sequential
+offload is never combined with ``torch.compile`` (it cannot be traced); bitsandbytes 4-bit and LCM-LoRA
+need CUDA and downloaded weights respectively, so the CPU branches use what runs here (bf16 with AMX
+or AVX-512 BF16, channels-last, compile, quanto); GGUF and ONNX Runtime (the seed's CPU branch) are
+outside diffusers and this workbench, so the CPU branch names the nearest equivalents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._checks import LabError, choose
+from .recipes import RecipeEnv, parse
+from .results import Record
+
+PRIORITIES = ("quality", "balance", "speed")
+TIERS = ("basic", "advanced", "expert")
+
+
+def _precision(env: RecipeEnv) -> tuple[str, str]:
+    if env.cuda:
+        return "fp16", "fp16 halves memory and uses tensor cores on any CUDA GPU"
+    if env.cpu_bf16:
+        return "bf16", f"this CPU has native bf16 matmul ({', '.join(f for f in env.cpu_flags if 'bf16' in f)})"
+    return "fp32", "this CPU has no native bf16 matmul: lower precision would be emulated and slower"
+
+
+def preset(tier: str, env: RecipeEnv | None = None) -> str:
+    """The recipe string of a tier on this hardware: ``basic`` / ``advanced`` / ``expert``."""
+    choose("tier", tier, TIERS)
+    env = env or RecipeEnv.detect()
+    precision, _ = _precision(env)
+    if tier == "basic":
+        return f"{precision}+sdpa+vae-slicing+euler"
+    if tier == "advanced":
+        if not env.cuda:  # quanto's int8 path has no fast CPU kernel: it saves memory but costs time here
+            return f"{precision}+sdpa+channels-last+dpm++2m-karras+steps-20"
+        memory = "+model-cpu-offload" if (env.cuda_memory_gb or 0) < 16 else ""
+        return f"{precision}+sdpa+channels-last+quanto-unet-int8w+dpm++2m-karras+steps-20{memory}"
+    compile_mode = "compile-unet-max-autotune" if env.cuda else "compile-unet"
+    fused = "+fused-qkv" if env.cuda else ""
+    return f"{precision}+sdpa{fused}+channels-last+{compile_mode}+compile-vae+dpm++2m-karras+steps-20"
+
+
+@dataclass
+class Recommendation(Record):
+    recipe: str
+    reasons: list[str] = field(default_factory=list)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"recommended: {self.recipe}"] + [f"  - {r}" for r in self.reasons]
+        lines += [f"  ! {k} cannot apply here: {v}" for k, v in self.not_applicable.items()]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return f"**`{self.recipe}`**\n\n" + "\n".join(f"- {r}" for r in self.reasons)
+
+
+def recommend(env: RecipeEnv | None = None, priority: str = "balance",
+              memory_budget: float | None = None) -> Recommendation:
+    """Walk seed 002's decision tree for this hardware and priority; returns a recipe and the reasoning.
+
+    Args:
+        priority: ``quality``, ``balance`` or ``speed``.
+        memory_budget: GiB the pipeline may use (default: the GPU's memory, or unbounded on CPU).
+    """
+    choose("priority", priority, PRIORITIES)
+    if memory_budget is not None and not memory_budget > 0:
+        raise LabError(f"memory_budget must be a positive number of GiB, got {memory_budget!r}")
+    env = env or RecipeEnv.detect()
+    precision, why = _precision(env)
+    parts, reasons = [precision], [why]
+    budget = memory_budget if memory_budget is not None else env.cuda_memory_gb
+    if env.cuda:
+        consumer = (budget or 0) < 16
+        reasons.append(f"{'consumer' if consumer else 'data-centre'} GPU branch: {budget or 0:.0f} GiB "
+                       f"{'<' if consumer else '>='} 16 GiB")
+        parts.append("sdpa")
+        if consumer:  # quantization and memory first
+            parts += {"quality": ["quanto-unet-int8w"], "balance": ["quanto-unet-int8w", "dpm++2m-karras",
+                                                                    "steps-20"],
+                      "speed": ["quanto-unet-int4w", "dpm++2m-karras", "steps-12"]}[priority]
+            parts.append("model-cpu-offload")
+            reasons.append("weights quantized and components offloaded so the model fits; SDPA is already "
+                           "memory-efficient, so no attention slicing")
+        else:  # compute and compilation first
+            parts += ["channels-last", "fused-qkv", "compile-unet-max-autotune" if priority != "quality"
+                      else "compile-unet"]
+            if priority == "speed":
+                parts += ["dpm++2m-karras", "steps-20"]
+            reasons.append("enough memory: spend it on speed (fused QKV, channels-last, torch.compile)")
+    else:
+        reasons.append("CPU-only branch: the seed's GGUF + ONNX Runtime are outside diffusers; the nearest "
+                       "in-framework levers are precision, layout, compile and fewer steps")
+        parts += ["sdpa", "channels-last"]
+        if priority in ("balance", "speed"):
+            parts.append("compile-unet")
+            reasons.append("torch.compile (inductor, C++ backend) fuses the UNet's element-wise work")
+        if priority == "speed":
+            parts += ["dpm++2m-karras", "steps-12"]
+            reasons.append("DPM-Solver++ (Karras) keeps quality at a third of the steps")
+        if memory_budget is not None and memory_budget < 4:
+            parts.append("quanto-unet-int8w")
+            reasons.append(f"a {memory_budget:g} GiB budget: int8 UNet weights are 3.9x smaller")
+    text = "+".join(parts)
+    plan = parse(text)
+    return Recommendation(recipe=text, reasons=reasons, not_applicable=plan.check(env))

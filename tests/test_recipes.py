@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+
+import lab
+from lab import recipes
+from lab.diagnosis import SUGGESTIONS
+from lab.models import weight_bytes
+from lab.recipes import RecipeEnv, parse
+
+from .conftest import generate
+
+CPU = RecipeEnv.detect("cpu")
+COMPILE = {n for n in recipes.names() if n.startswith("compile-")}
+
+
+def test_catalog_lists_every_recipe_with_its_needs():
+    frame = recipes.catalog(CPU)
+    assert {"family", "description", "needs", "not_applicable"} <= set(frame.columns)
+    assert set(recipes.names()) <= set(frame.index)
+    families = set(frame["family"])
+    assert {"precision", "attention", "layout", "compile", "quantization", "scheduler", "memory"} <= families
+    for name in ("fp32", "fp16", "bf16", "tf32", "sdpa", "math-attention", "attention-slicing", "xformers",
+                 "fused-qkv", "channels-last", "compile-unet", "compile-unet-reduce-overhead",
+                 "compile-unet-max-autotune", "compile-unet-regional", "compile-vae", "quanto-unet-int8w",
+                 "quanto-text-int4w", "quanto-vae-fp8w-fp8a", "quanto-unet-int8w-int8a", "torchao-int8wo",
+                 "bnb-unet-4bit", "ddim", "euler", "euler-a", "dpm++2m-karras", "unipc", "lcm",
+                 "model-cpu-offload", "sequential-cpu-offload", "vae-slicing", "vae-tiling"):
+        assert name in frame.index, name
+
+
+def test_every_suggested_recipe_exists():
+    for rule, names in SUGGESTIONS.items():
+        for name in names:
+            assert recipes.get(name).name == name, (rule, name)
+
+
+@pytest.mark.parametrize("name", sorted(set(recipes.names()) - COMPILE))
+def test_every_recipe_applies_to_tiny_or_says_why_not(name):
+    recipe = recipes.get(name)
+    reason = recipe.check(CPU)
+    if reason:
+        assert isinstance(reason, str) and len(reason) > 15
+        return
+    pipe = lab.load_pipeline("tiny", device="cpu")
+    cases = [lab.Case("a red circle", steps=2)]
+    recipe.apply(pipe, cases)
+    assert generate(pipe, steps=2).shape == (64, 64, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(COMPILE))
+def test_compile_recipes_apply_to_tiny(name):
+    pipe = lab.load_pipeline("tiny", device="cpu")
+    recipes.get(name).apply(pipe)
+    first = generate(pipe, steps=2)
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, generate(pipe, steps=2))  # compiled graph is reused, results stable
+
+
+def test_cpu_only_recipes_explain_themselves():
+    assert "CPU memory" in recipes.get("model-cpu-offload").check(CPU)
+    assert "CUDA" in recipes.get("xformers").check(CPU) or "not installed" in recipes.get("xformers").check(CPU)
+    assert "8.0" in recipes.get("tf32").check(CPU)
+
+
+def test_quanto_int8_cuts_unet_weight_bytes():
+    pipe = lab.load_pipeline("tiny", device="cpu")
+    before = weight_bytes(pipe)
+    parse("quanto-unet-int8w").apply(pipe)
+    after = weight_bytes(pipe)
+    assert before["unet"] / after["unet"] >= 3.5
+    assert after["vae"] == before["vae"] and after["text_encoder"] == before["text_encoder"]
+
+
+def test_per_component_precision_mixes_dtypes():
+    pipe = lab.load_pipeline("tiny", device="cpu")
+    parse("bf16-unet+fp16-text").apply(pipe)
+    assert str(pipe.unet.dtype) == "torch.bfloat16" and str(pipe.vae.dtype) == "torch.float32"
+    assert str(pipe.text_encoder.dtype) == "torch.float16"
+    assert generate(pipe).shape == (64, 64, 3)
+
+
+def test_prompt_embedding_cache_hits_and_keeps_the_image():
+    plain = lab.load_pipeline("tiny", device="cpu")
+    cached = parse("cache-prompt-embeds").apply(lab.load_pipeline("tiny", device="cpu"))
+    images = [generate(cached, prompt="a blue square") for _ in range(3)]
+    assert cached.lab_prompt_cache_misses == 1 and cached.lab_prompt_cache_hits == 2
+    assert all(np.array_equal(images[0], im) for im in images)
+    assert np.array_equal(images[0], generate(plain, prompt="a blue square"))
+
+
+def test_steps_and_guidance_are_parametric():
+    plan = parse("steps-12+guidance-3.5+dpm++2m-karras")
+    assert plan.case_overrides() == {"steps": 12, "guidance": 3.5}
+    with pytest.raises(lab.LabError, match="steps must be >= 1"):
+        parse("steps-0")
+
+
+def test_application_order_is_fixed():
+    plan = parse("compile-unet+quanto-unet-int8w+bf16+fused-qkv")
+    assert [r.name for r in plan.recipes] == ["bf16", "fused-qkv", "quanto-unet-int8w", "compile-unet"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("bf16+sdpa+quanto-unet-int8", "unknown recipe 'quanto-unet-int8'.*quanto-unet-int8w"),
+        ("bf16+fp16", "cannot combine 'bf16' and 'fp16': both set dtype:text_encoder"),
+        ("bf16+fp16-unet", "both set dtype:unet"),
+        ("sequential-cpu-offload+compile-unet", "cannot be traced|cannot trace"),
+        ("fused-qkv+attention-slicing", "fused SDPA"),
+        ("sdpa+math-attention", "both set attention"),
+        ("euler+ddim", "both set scheduler"),
+        ("bf16+bf16", "twice"),
+        ("bf16++sdpa", "empty part"),
+        ("", "non-empty"),
+    ],
+)
+def test_impossible_or_unknown_compositions_are_refused(text, message):
+    with pytest.raises(lab.LabError, match=message):
+        parse(text)
