@@ -17,17 +17,17 @@ from .results import Record
 # The recipe names each rule suggests: the one place they are written down (the recipe catalog
 # implements these names).
 SUGGESTIONS: dict[str, list[str]] = {
-    "time-over-budget": ["bf16", "fp16", "compile-unet", "dpm++2m-karras", "lcm"],
+    "time-over-budget": ["bf16", "fp16", "compile-unet", "dpmpp-2m-karras", "lcm"],
     "memory-over-weights": ["vae-slicing", "vae-tiling", "attention-slicing", "model-cpu-offload"],
     "cpu-bound-host": ["cache-prompt-embeds", "compile-unet"],
     "pre-post-overhead": ["cache-prompt-embeds", "compile-vae"],
     "quality-drop": ["fp32", "quanto-unet-int8w"],
-    "unet-dominates": ["bf16", "compile-unet", "dpm++2m-karras"],
+    "unet-dominates": ["bf16", "compile-unet", "dpmpp-2m-karras"],
     "attention-bound": ["sdpa", "xformers", "fused-qkv"],
     "convolution-bound": ["channels-last", "bf16", "compile-unet"],
     "linear-bound": ["fused-qkv", "bf16", "quanto-unet-int8w"],
     "vae-decode-heavy": ["vae-tiling", "compile-vae", "bf16"],
-    "first-call-gap": ["warmup"],
+    "first-call-gap": [],  # no recipe: warm up before serving, as the finding says
     "low-utilisation": ["compile-unet", "channels-last", "bf16"],
     "text-encoder-recomputed": ["cache-prompt-embeds"],
     "host-device-sync": ["compile-unet"],

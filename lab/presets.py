@@ -36,12 +36,12 @@ def preset(tier: str, env: RecipeEnv | None = None) -> str:
         return f"{precision}+sdpa+vae-slicing+euler"
     if tier == "advanced":
         if not env.cuda:  # quanto's int8 path has no fast CPU kernel: it saves memory but costs time here
-            return f"{precision}+sdpa+channels-last+dpm++2m-karras+steps-20"
+            return f"{precision}+sdpa+channels-last+dpmpp-2m-karras+steps-20"
         memory = "+model-cpu-offload" if (env.cuda_memory_gb or 0) < 16 else ""
-        return f"{precision}+sdpa+channels-last+quanto-unet-int8w+dpm++2m-karras+steps-20{memory}"
+        return f"{precision}+sdpa+channels-last+quanto-unet-int8w+dpmpp-2m-karras+steps-20{memory}"
     compile_mode = "compile-unet-max-autotune" if env.cuda else "compile-unet"
     fused = "+fused-qkv" if env.cuda else ""
-    return f"{precision}+sdpa{fused}+channels-last+{compile_mode}+compile-vae+dpm++2m-karras+steps-20"
+    return f"{precision}+sdpa{fused}+channels-last+{compile_mode}+compile-vae+dpmpp-2m-karras+steps-20"
 
 
 @dataclass
@@ -80,9 +80,9 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
                        f"{'<' if consumer else '>='} 16 GiB")
         parts.append("sdpa")
         if consumer:  # quantization and memory first
-            parts += {"quality": ["quanto-unet-int8w"], "balance": ["quanto-unet-int8w", "dpm++2m-karras",
+            parts += {"quality": ["quanto-unet-int8w"], "balance": ["quanto-unet-int8w", "dpmpp-2m-karras",
                                                                     "steps-20"],
-                      "speed": ["quanto-unet-int4w", "dpm++2m-karras", "steps-12"]}[priority]
+                      "speed": ["quanto-unet-int4w", "dpmpp-2m-karras", "steps-12"]}[priority]
             parts.append("model-cpu-offload")
             reasons.append("weights quantized and components offloaded so the model fits; SDPA is already "
                            "memory-efficient, so no attention slicing")
@@ -90,7 +90,7 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
             parts += ["channels-last", "fused-qkv", "compile-unet-max-autotune" if priority != "quality"
                       else "compile-unet"]
             if priority == "speed":
-                parts += ["dpm++2m-karras", "steps-20"]
+                parts += ["dpmpp-2m-karras", "steps-20"]
             reasons.append("enough memory: spend it on speed (fused QKV, channels-last, torch.compile)")
     else:
         reasons.append("CPU-only branch: the seed's GGUF + ONNX Runtime are outside diffusers; the nearest "
@@ -100,7 +100,7 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
             parts.append("compile-unet")
             reasons.append("torch.compile (inductor, C++ backend) fuses the UNet's element-wise work")
         if priority == "speed":
-            parts += ["dpm++2m-karras", "steps-12"]
+            parts += ["dpmpp-2m-karras", "steps-12"]
             reasons.append("DPM-Solver++ (Karras) keeps quality at a third of the steps")
         if memory_budget is not None and memory_budget < 4:
             parts.append("quanto-unet-int8w")

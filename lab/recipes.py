@@ -121,6 +121,18 @@ def _entry_modules(pipe, component: str):
     return [module]
 
 
+def _hook_casts(pipe) -> None:
+    """Make every component cast its floating inputs to its own dtype (once per pipeline)."""
+    if getattr(pipe, "lab_cast_hooks", False):
+        return
+    for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        if getattr(pipe, name, None) is not None:
+            for entry in _entry_modules(pipe, name):
+                if entry is not None:
+                    entry.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
+    pipe.lab_cast_hooks = True
+
+
 def _set_dtype(components: Sequence[str], dtype_name: str):
     def apply(pipe, cases):
         from .env import torch_dtype
@@ -129,14 +141,10 @@ def _set_dtype(components: Sequence[str], dtype_name: str):
         for comp in components:
             for name in [comp] + ([f"{comp}_2"] if comp == "text_encoder" else []):
                 module = getattr(pipe, name, None)
-                if module is None:
-                    continue
-                module.to(dtype)
-                if not getattr(module, "_lab_cast_hooked", False):
-                    for entry in _entry_modules(pipe, name):
-                        if entry is not None:
-                            entry.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
-                    module._lab_cast_hooked = True
+                if module is not None:
+                    module.to(dtype)
+        if len(components) < len(COMPONENTS):  # a mixed plan: tensors cross between dtypes
+            _hook_casts(pipe)
 
     return apply
 

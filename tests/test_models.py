@@ -79,7 +79,7 @@ def test_local_folder_roundtrip_is_bit_identical(tiny_pipe, tmp_path):
 
 
 def test_scheduler_swap_by_name():
-    pipe = lab.load_pipeline("tiny", device="cpu", scheduler="dpm++2m-karras")
+    pipe = lab.load_pipeline("tiny", device="cpu", scheduler="dpmpp-2m-karras")
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert pipe.scheduler.config.use_karras_sigmas
     assert generate(pipe, steps=3).shape == (64, 64, 3)

@@ -23,7 +23,7 @@ def test_catalog_lists_every_recipe_with_its_needs():
                  "fused-qkv", "channels-last", "compile-unet", "compile-unet-reduce-overhead",
                  "compile-unet-max-autotune", "compile-unet-regional", "compile-vae", "quanto-unet-int8w",
                  "quanto-text-int4w", "quanto-vae-fp8w-fp8a", "quanto-unet-int8w-int8a", "torchao-int8wo",
-                 "bnb-unet-4bit", "ddim", "euler", "euler-a", "dpm++2m-karras", "unipc", "lcm",
+                 "bnb-unet-4bit", "ddim", "euler", "euler-a", "dpmpp-2m-karras", "unipc", "lcm",
                  "model-cpu-offload", "sequential-cpu-offload", "vae-slicing", "vae-tiling"):
         assert name in frame.index, name
 
@@ -90,7 +90,7 @@ def test_prompt_embedding_cache_hits_and_keeps_the_image():
 
 
 def test_steps_and_guidance_are_parametric():
-    plan = parse("steps-12+guidance-3.5+dpm++2m-karras")
+    plan = parse("steps-12+guidance-3.5+dpmpp-2m-karras")
     assert plan.case_overrides() == {"steps": 12, "guidance": 3.5}
     with pytest.raises(lab.LabError, match="steps must be >= 1"):
         parse("steps-0")
