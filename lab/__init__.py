@@ -39,6 +39,15 @@ _API = {
     "Diagnosis": "diagnosis",
     "Thresholds": "diagnosis",
     "plots": None,
+    "recipes": None,
+    "presets": None,
+    "compare": "experiments",
+    "Comparison": "experiments",
+    "preset": "presets",
+    "recommend": "presets",
+    "RecipeEnv": "recipes",
+    "ssim": "quality",
+    "psnr": "quality",
     "scheduler_names": "schedulers",
 }
 
@@ -58,7 +67,11 @@ if TYPE_CHECKING:
         weight_bytes,
     )
     from .schedulers import scheduler_names, set_scheduler
-    from . import plots
+    from . import plots, presets, recipes
+    from .experiments import Comparison, compare
+    from .presets import preset, recommend
+    from .quality import psnr, ssim
+    from .recipes import RecipeEnv
     from .diagnosis import Diagnosis, Thresholds, diagnose
     from .flops import FlopsReport, flops_report, measure_peak
     from .monitor import ResourceMonitor

@@ -136,6 +136,39 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return _profile_artifacts(args, with_diagnosis=True)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .recipes import parse
+
+    _validate_model_args(args)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not recipes:
+        raise LabError("--recipes needs at least one recipe string (the first is the baseline)")
+    for text in recipes:
+        parse(text)  # unknown names and impossible combinations stop here, before any work
+    cases = _cases(args)
+    out = writable_dir(args.out)
+    from .experiments import compare
+
+    cmp = compare(args.model, recipes, cases, seeds=tuple(range(args.seeds)), repeats=args.repeats,
+                  warmup=args.warmup, out=out, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    (out / "comparison.md").write_text(cmp.to_markdown() + "\n", encoding="utf-8")
+    print(cmp.to_markdown())
+    print(f"\nresults: {out / 'results.jsonl'}\nimages:  {out / 'images'}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .presets import preset, recommend
+    from .recipes import RecipeEnv, catalog
+
+    env = RecipeEnv.detect(args.device)
+    print(catalog(env).to_markdown())
+    for tier in ("basic", "advanced", "expert"):
+        print(f"\npreset {tier}: {preset(tier, env)}")
+    print("\n" + str(recommend(env, args.priority)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .notebooks import notebook_paths, run_notebook
 
@@ -198,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=f"runs/{name}", help="output directory")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
+
+    cmp = sub.add_parser("compare", help="compare recipes against a baseline (the first); resumable")
+    _add_model_args(cmp)
+    _add_case_args(cmp)
+    cmp.add_argument("--recipes", required=True, help="comma-separated recipe strings, e.g. fp32,bf16+sdpa")
+    cmp.add_argument("--seeds", type=_positive, default=1, help="seeds 0..N-1 per case")
+    cmp.add_argument("--warmup", type=_non_negative, default=1, help="untimed calls per run")
+    cmp.add_argument("--repeats", type=_positive, default=3, help="timed calls per run")
+    cmp.add_argument("--out", default="runs/compare", help="output directory (re-use it to resume)")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.set_defaults(func=cmd_compare)
+
+    rec = sub.add_parser("recipes", help="list the recipe catalog, the presets and a recommendation")
+    rec.add_argument("--device", default="auto")
+    rec.add_argument("--priority", default="balance", help="quality, balance or speed")
+    rec.set_defaults(func=cmd_recipes)
 
     demo = sub.add_parser("demo", help="execute the notebooks headless; artifacts under --out")
     demo.add_argument("--out", default="runs/demo", help="output directory")

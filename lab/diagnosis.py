@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import LabError
+from .memory import model_peak_mb
 from .results import Record
 
 # The recipe names each rule suggests: the one place they are written down (the recipe catalog
@@ -128,12 +129,9 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
     if bench.weight_bytes:
         worst, ratio = None, 0.0
         for c in cases:
-            if on_cuda and c.peak_cuda_allocated_mb is not None:
-                peak_mb = c.peak_cuda_allocated_mb
-            elif not on_cuda and c.peak_rss_mb is not None and c.rss_before_mb is not None:
-                # process RSS holds the runtime too: count only the weights plus what the call adds
-                peak_mb = bench.weight_bytes / 2**20 + max(c.peak_rss_mb - c.rss_before_mb, 0.0)
-            else:
+            peak_mb = model_peak_mb(bench.weight_bytes, c.peak_rss_mb, c.rss_before_mb,
+                                    c.peak_cuda_allocated_mb if on_cuda else None)
+            if peak_mb is None:
                 continue
             r = peak_mb * 2**20 / bench.weight_bytes
             if r > ratio:

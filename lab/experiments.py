@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
+from .memory import model_peak_mb
 from .results import Record
 from .stats import Latency
 
@@ -49,6 +50,7 @@ class RunRecord(Record):
     first_call_s: float | None = None
     apply_s: float | None = None
     peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None
     peak_cuda_allocated_mb: float | None = None
     weight_bytes: dict[str, int] = field(default_factory=dict)
     ssim: float | None = None
@@ -112,8 +114,8 @@ class Comparison(Record):
                 med = statistics.median
                 ratios = [base[(r.case, r.seed)].latency.median / r.latency.median
                           for r in ok if (r.case, r.seed) in base]
-                mem = [r.peak_cuda_allocated_mb or r.peak_rss_mb for r in ok]
-                base_mem = [b.peak_cuda_allocated_mb or b.peak_rss_mb for b in base.values()]
+                mem = [_peak_mb(r) for r in ok]
+                base_mem = [_peak_mb(b) for b in base.values()]
                 row.update(
                     latency_s=med(r.latency.median for r in ok),
                     latency_iqr_s=med(r.latency.iqr for r in ok),
@@ -130,16 +132,43 @@ class Comparison(Record):
             else:
                 row["reason"] = next((r.error for r in runs if r.error), "")
             rows.append(row)
-        return pd.DataFrame(rows).set_index("recipe")
+        frame = pd.DataFrame(rows).set_index("recipe")
+        if "reason" in frame:
+            frame["reason"] = frame["reason"].fillna("")
+        return frame
 
     def to_markdown(self, digits: int = 3) -> str:
         return self.to_frame().round(digits).to_markdown()
+
+    def interactions(self):
+        """For each combination whose parts also ran alone: expected speed-up (product of the parts'
+        speed-ups, as if independent) against the measured one. ``gain_ratio`` < 1: the parts overlap."""
+        import math
+
+        import pandas as pd
+
+        frame = self.to_frame()
+        speed = frame["speedup"].dropna().to_dict() if "speedup" in frame else {}
+        rows = []
+        for recipe, measured in speed.items():
+            parts = recipe.split("+")
+            if len(parts) < 2 or not all(p in speed for p in parts):
+                continue
+            expected = math.prod(speed[p] for p in parts)
+            rows.append({"combination": recipe, "parts": len(parts), "expected_speedup": expected,
+                         "measured_speedup": measured, "gain_ratio": measured / expected})
+        return pd.DataFrame(rows, columns=["combination", "parts", "expected_speedup", "measured_speedup",
+                                           "gain_ratio"]).set_index("combination")
 
     def _repr_markdown_(self) -> str:
         return f"**{self.model}** vs baseline `{self.baseline}` ({self.out})\n\n" + self.to_markdown()
 
     def record(self, recipe: str, case: str, seed: int = 0) -> RunRecord:
         return next(r for r in self.records if r.key == (recipe, case, seed))
+
+
+def _peak_mb(r: RunRecord) -> float:
+    return model_peak_mb(sum(r.weight_bytes.values()), r.peak_rss_mb, r.rss_before_mb, r.peak_cuda_allocated_mb)
 
 
 def _append(path: Path, record: RunRecord) -> None:
@@ -245,6 +274,7 @@ def compare(
                 base.status = "ok"
                 base.latency, base.first_call_s = c.latency, c.first_call_s
                 base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
+                base.rss_before_mb = c.rss_before_mb
                 base.weight_bytes = weight_bytes(pipe)
                 base.image = str(Path(c.image).relative_to(out))
                 reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"

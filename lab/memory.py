@@ -49,3 +49,15 @@ def cuda_peaks(device: str) -> tuple[int | None, int | None]:
     import torch
 
     return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+
+
+def model_peak_mb(weight_bytes: int, peak_rss_mb: float | None, rss_before_mb: float | None,
+                  peak_cuda_mb: float | None = None) -> float | None:
+    """Peak memory attributable to the model: CUDA peak allocated on a GPU; on CPU, the weights plus
+    what a call adds over the RSS before it (process RSS also holds the runtime and heap left over
+    from earlier pipelines, which would make later runs look worse)."""
+    if peak_cuda_mb is not None:
+        return peak_cuda_mb
+    if peak_rss_mb is None or rss_before_mb is None:
+        return None
+    return weight_bytes / 2**20 + max(peak_rss_mb - rss_before_mb, 0.0)

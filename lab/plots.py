@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 
-def _figure(figsize=(7, 3.5), nrows: int = 1):
-    """A new figure; one axis, or a list of ``nrows`` stacked axes."""
+def _figure(figsize=(7, 3.5), nrows: int = 1, ncols: int = 1):
+    """A new figure: one axis, or a 2-D grid ``axes[row][col]`` when there are several."""
     import sys
 
     import matplotlib
@@ -16,8 +16,9 @@ def _figure(figsize=(7, 3.5), nrows: int = 1):
         matplotlib.use("Agg")  # headless scripts and tests: never try to open a window
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, 1, figsize=figsize, layout="constrained", squeeze=nrows == 1)
-    return fig, (axes if nrows == 1 else list(axes[:, 0]))
+    single = nrows == ncols == 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=single)
+    return fig, axes
 
 
 def _save(fig, path: str | os.PathLike | None):
@@ -49,7 +50,7 @@ def plot_resources(monitor, *, path: str | os.PathLike | None = None):
     frame = monitor.frame() if hasattr(monitor, "frame") else monitor
     gpu = "gpu_memory_mb" in frame
     fig, axes = _figure(figsize=(7, 5 if gpu else 3.5), nrows=2 if gpu else 1)
-    ax = axes[0] if gpu else axes
+    ax = axes[0][0] if gpu else axes
     ax.plot(frame.index, frame["cpu_percent"], color="tab:blue", marker=".", label="CPU %")
     ax.set_ylabel("CPU % (100 = 1 core)")
     ax.set_xlabel("seconds")
@@ -60,7 +61,7 @@ def plot_resources(monitor, *, path: str | os.PathLike | None = None):
     ax.legend(loc="upper left", fontsize="small")
     twin.legend(loc="upper right", fontsize="small")
     if gpu:
-        g = axes[1]
+        g = axes[1][0]
         g.plot(frame.index, frame["gpu_memory_mb"], label="GPU memory MB")
         g.set_ylabel("GPU memory (MB)")
         g2 = g.twinx()
@@ -93,4 +94,73 @@ def plot_ops(profile_result, *, stage: str | None = None, top: int = 12, path: s
     ax.barh(frame.index[::-1], frame[col][::-1] / 1e3)
     ax.set_xlabel(f"{col.replace('_us', '')} (ms)")
     ax.set_title(f"Top ops by self time{f' in {stage}' if stage else ''}")
+    return _save(fig, path)
+
+
+def _ok_frame(comparison):
+    frame = comparison.to_frame()
+    return frame[frame["ok"] > 0] if "ok" in frame else frame
+
+
+def plot_latency(comparison, *, path: str | os.PathLike | None = None):
+    """Median latency per recipe with the IQR as error bars; the baseline is drawn in grey."""
+    frame = _ok_frame(comparison)
+    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
+    colors = ["tab:gray" if r == comparison.baseline else "tab:blue" for r in frame.index]
+    ax.bar(frame.index, frame["latency_s"], yerr=frame["latency_iqr_s"] / 2, capsize=3, color=colors)
+    ax.set_ylabel("seconds per image (median, IQR bars)")
+    ax.set_title(f"Latency: {comparison.model}")
+    ax.tick_params(axis="x", labelrotation=35)
+    return _save(fig, path)
+
+
+def plot_speedup(comparison, *, path: str | os.PathLike | None = None):
+    """Speed-up against the baseline in percent (seed 002 §4.3): positive is faster."""
+    frame = _ok_frame(comparison).drop(index=comparison.baseline, errors="ignore")
+    pct = (frame["speedup"] - 1) * 100
+    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
+    bars = ax.bar(frame.index, pct, color=["tab:green" if v >= 0 else "tab:red" for v in pct])
+    ax.bar_label(bars, labels=[f"{v:+.0f}%" for v in pct], fontsize="small")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel(f"speed-up vs {comparison.baseline} (%)")
+    ax.set_title("Speed-up per recipe")
+    ax.tick_params(axis="x", labelrotation=35)
+    return _save(fig, path)
+
+
+def plot_memory(comparison, *, path: str | os.PathLike | None = None):
+    """Peak model memory (CUDA allocated; on CPU weights + what a call adds) and weight bytes per recipe."""
+    frame = _ok_frame(comparison)
+    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
+    x = range(len(frame))
+    ax.bar([i - 0.2 for i in x], frame["peak_mem_mb"], width=0.4, label="peak memory")
+    ax.bar([i + 0.2 for i in x], frame["weight_mb"], width=0.4, label="weights")
+    ax.set_xticks(list(x), frame.index, rotation=35)
+    ax.set_ylabel("MB")
+    ax.set_title("Memory per recipe")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_image_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None = None):
+    """Images side by side: one row per case, one column per recipe, SSIM in each title."""
+    from PIL import Image
+
+    recipes = list(_ok_frame(comparison).index)
+    cases = list(dict.fromkeys(r.case for r in comparison.records))
+    fig, grid = _figure(figsize=(1.8 * len(recipes) + 0.5, 1.9 * len(cases) + 0.4), nrows=len(cases),
+                        ncols=len(recipes))
+    if len(cases) == len(recipes) == 1:
+        grid = [[grid]]
+    for i, case in enumerate(cases):
+        for j, recipe in enumerate(recipes):
+            ax = grid[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            rec = next((r for r in comparison.records if r.key == (recipe, case, seed) and r.status == "ok"), None)
+            if rec is not None:
+                ax.imshow(Image.open(Path(comparison.out) / rec.image))
+                ax.set_title(f"{recipe}\nSSIM {rec.ssim:.3f}" if rec.ssim is not None else recipe, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(case, fontsize=8)
     return _save(fig, path)

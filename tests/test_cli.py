@@ -100,3 +100,21 @@ def test_demo_runs_the_notebooks(tmp_path):
     assert (tmp_path / "01_diagnose" / "01_diagnose.ipynb").exists()
     assert (tmp_path / "01_diagnose" / "artifacts" / "trace.json.gz").exists()
     assert str(tmp_path) in out.stdout
+
+
+def test_compare_end_to_end_and_resume(tmp_path):
+    args = ("compare", "--model", "tiny", "--recipes", "fp32,bf16,model-cpu-offload", "--steps", "2", "--cases", "1",
+            "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path))
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["status"] for x in lines] == ["ok", "ok", "skipped"]
+    assert "| bf16" in out.stdout and (tmp_path / "comparison.md").exists()
+    assert run(*args).returncode == 0
+    assert (tmp_path / "results.jsonl").read_text().splitlines() == lines  # resumed: nothing re-run
+
+
+def test_compare_refuses_bad_recipes_before_work(tmp_path):
+    out = run("compare", "--recipes", "fp32,bf16+fp16", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "cannot combine 'bf16' and 'fp16'" in out.stderr
+    assert not (tmp_path / "o").exists()
