@@ -41,12 +41,32 @@ _API = {
     "plots": None,
     "recipes": None,
     "presets": None,
+    "flops": None,
     "compare": "experiments",
     "Comparison": "experiments",
     "preset": "presets",
     "recommend": "presets",
     "RecipeEnv": "recipes",
     "ssim": "quality",
+    "evaluate": "quality",
+    "QualityThresholds": "quality",
+    "report": "reporting",
+    "diff_profiles": "profiling",
+    "ResultCache": "cache",
+    "CacheKey": "cache",
+    "AdaptivePolicy": "adaptive",
+    "adapt": "adaptive",
+    "prompt_complexity": "adaptive",
+    "generate_with_fallback": "fallback",
+    "hires_fix": "hires",
+    "hardware_plan": "hardware",
+    "negative_prompt": "cases",
+    "with_negative": "cases",
+    "search_mixed_precision": "mixed",
+    "lora": None,
+    "mixed": None,
+    "adaptive": None,
+    "widgets": None,
     "psnr": "quality",
     "scheduler_names": "schedulers",
 }
@@ -67,10 +87,19 @@ if TYPE_CHECKING:
         weight_bytes,
     )
     from .schedulers import scheduler_names, set_scheduler
-    from . import plots, presets, recipes
+    from . import adaptive, flops, lora, mixed, plots, presets, recipes, widgets
+    from .adaptive import AdaptivePolicy, adapt, prompt_complexity
+    from .cache import CacheKey, ResultCache
+    from .cases import negative_prompt, with_negative
+    from .fallback import generate_with_fallback
+    from .hardware import hardware_plan
+    from .hires import hires_fix
+    from .mixed import search_mixed_precision
     from .experiments import Comparison, compare
     from .presets import preset, recommend
-    from .quality import psnr, ssim
+    from .profiling import diff_profiles
+    from .quality import QualityThresholds, evaluate, psnr, ssim
+    from .reporting import report
     from .recipes import RecipeEnv
     from .diagnosis import Diagnosis, Thresholds, diagnose
     from .flops import FlopsReport, flops_report, measure_peak

@@ -172,6 +172,32 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
     return first_call, runs, output, rss_before
 
 
+def _case_result(case: Case, first: float, runs: list, output, rss_before: int, image_dir) -> CaseResult:
+    times = [r[0] for r in runs]
+    latency = Latency.from_values([t.total for t in times])
+    image_path = None
+    if image_dir is not None:
+        image_path = str(Path(image_dir) / f"{case.name}.png")
+        output.images[0].save(image_path)
+    allocated = [r[2][0] for r in runs if r[2][0] is not None]
+    reserved = [r[2][1] for r in runs if r[2][1] is not None]
+    return CaseResult(
+        case=case,
+        latency=latency,
+        first_call_s=first,
+        images_per_s=len(output.images) / latency.median,
+        peak_rss_mb=max(r[1] for r in runs) / MB,
+        rss_before_mb=rss_before / MB,
+        peak_cuda_allocated_mb=max(allocated) / MB if allocated else None,
+        peak_cuda_reserved_mb=max(reserved) / MB if reserved else None,
+        cpu_percent=statistics.fmean(r[3] for r in runs),
+        stages=StageSummary.from_runs(times),
+        latencies=[t.total for t in times],
+        runs=times,
+        image=image_path,
+    )
+
+
 def benchmark(
     pipe,
     cases: Sequence[Case] | Case,
@@ -207,42 +233,21 @@ def benchmark(
     bar = tqdm(total=len(cases) * (warmup + repeats), desc="benchmark", unit="call", disable=not progress)
     if monitor is not None:
         monitor.start()
-    with StageTimer(pipe, device=device) as timer:
-        for case in cases:
-            bar.set_postfix_str(case.name)
-            try:
-                first, runs, output, rss_before = _run_case(pipe, timer, case, device, warmup, repeats, bar.update)
-            except Exception as err:  # one failing case never loses the others
-                results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
-                continue
-            times = [r[0] for r in runs]
-            latency = Latency.from_values([t.total for t in times])
-            image_path = None
-            if image_dir is not None:
-                image_path = str(Path(image_dir) / f"{case.name}.png")
-                output.images[0].save(image_path)
-            allocated = [r[2][0] for r in runs if r[2][0] is not None]
-            reserved = [r[2][1] for r in runs if r[2][1] is not None]
-            results.append(
-                CaseResult(
-                    case=case,
-                    latency=latency,
-                    first_call_s=first,
-                    images_per_s=len(output.images) / latency.median,
-                    peak_rss_mb=max(r[1] for r in runs) / MB,
-                    rss_before_mb=rss_before / MB,
-                    peak_cuda_allocated_mb=max(allocated) / MB if allocated else None,
-                    peak_cuda_reserved_mb=max(reserved) / MB if reserved else None,
-                    cpu_percent=statistics.fmean(r[3] for r in runs),
-                    stages=StageSummary.from_runs(times),
-                    latencies=[t.total for t in times],
-                    runs=times,
-                    image=image_path,
-                )
-            )
-    bar.close()
-    if monitor is not None:
-        monitor.stop()
+    try:
+        with StageTimer(pipe, device=device) as timer:
+            for case in cases:
+                bar.set_postfix_str(case.name)
+                try:
+                    first, runs, output, rss_before = _run_case(pipe, timer, case, device, warmup, repeats,
+                                                                bar.update)
+                except Exception as err:  # one failing case never loses the others
+                    results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
+                    continue
+                results.append(_case_result(case, first, runs, output, rss_before, image_dir))
+    finally:
+        bar.close()
+        if monitor is not None:
+            monitor.stop()
     return BenchmarkResult(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         pipeline=type(pipe).__name__,

@@ -100,3 +100,25 @@ def load_prompts(path: str | os.PathLike = "seed002") -> list[Case]:
         except LabError as err:
             raise LabError(f"prompt file {str(path)!r}, case {i}: {err}") from None
     return out
+
+
+NEGATIVE_TEMPLATES = REPO_ROOT / "data" / "templates" / "negative_prompts.json"
+
+
+def negative_styles() -> dict[str, str]:
+    """The shipped negative-prompt templates, style -> text (seed 000 §5.1)."""
+    return json.loads(NEGATIVE_TEMPLATES.read_text(encoding="utf-8"))["styles"]
+
+
+def negative_prompt(style: str, extra: str = "") -> str:
+    """The template of ``style``, with ``extra`` terms appended."""
+    from ._checks import choose
+
+    styles = negative_styles()
+    text = styles[choose("negative-prompt style", style, styles)]
+    return f"{text}, {extra}" if extra else text
+
+
+def with_negative(case: Case, style: str, extra: str = "") -> Case:
+    """``case`` with the style's negative prompt as a generation parameter."""
+    return case.with_overrides(negative_prompt=negative_prompt(style, extra))

@@ -169,6 +169,24 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .experiments import RESULTS, Comparison
+    from .quality import QualityThresholds
+    from .reporting import report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / RESULTS).is_file():
+        raise LabError(f"{str(run_dir)!r} is not a compare run directory (no {RESULTS}); "
+                       "make one with `python -m lab compare ... --out DIR`")
+    comparison = Comparison.load(run_dir)
+    paths = report(comparison, args.out or run_dir, recipe=args.recipe,
+                   thresholds=QualityThresholds(ssim_min=args.ssim_min, psnr_min=args.psnr_min))
+    print(f"report: {paths['markdown']}\n        {paths['html']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .notebooks import notebook_paths, run_notebook
 
@@ -247,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="auto")
     rec.add_argument("--priority", default="balance", help="quality, balance or speed")
     rec.set_defaults(func=cmd_recipes)
+
+    rep = sub.add_parser("report", help="before/after report (Markdown + HTML) of a compare run directory")
+    rep.add_argument("run_dir", help="a directory written by `python -m lab compare`")
+    rep.add_argument("--recipe", default=None, help="the 'after' recipe (default: fastest passing the gate)")
+    rep.add_argument("--ssim-min", type=float, default=0.85, help="quality gate: SSIM must exceed this")
+    rep.add_argument("--psnr-min", type=float, default=25.0, help="quality gate: PSNR (dB) must exceed this")
+    rep.add_argument("--out", default=None, help="where to write report.md/html (default: RUN_DIR)")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="execute the notebooks headless; artifacts under --out")
     demo.add_argument("--out", default="runs/demo", help="output directory")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._checks import LabError, positive_int, writable_dir
+from .benchmarking import StageSummary
 from .cases import Case
 from .memory import model_peak_mb
 from .results import Record
@@ -52,6 +53,8 @@ class RunRecord(Record):
     peak_rss_mb: float | None = None
     rss_before_mb: float | None = None
     peak_cuda_allocated_mb: float | None = None
+    cpu_percent: float | None = None
+    stages: StageSummary | None = None
     weight_bytes: dict[str, int] = field(default_factory=dict)
     ssim: float | None = None
     psnr: float | None = None
@@ -139,6 +142,30 @@ class Comparison(Record):
 
     def to_markdown(self, digits: int = 3) -> str:
         return self.to_frame().round(digits).to_markdown()
+
+    def per_case(self):
+        """Latency mean ± std (and median) per recipe and case, over the repeats of each run."""
+        import pandas as pd
+
+        rows = [{"recipe": r.recipe, "case": r.case, "seed": r.seed, "mean_s": r.latency.mean, "std_s": r.latency.std,
+                 "median_s": r.latency.median, "n": r.latency.n, "ssim": r.ssim, "psnr": r.psnr}
+                for r in self.records if r.status == "ok"]
+        frame = pd.DataFrame(rows)
+        if not frame.empty:
+            frame["mean ± std (s)"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(frame["mean_s"], frame["std_s"])]
+            frame = frame.set_index(["recipe", "case", "seed"])
+        return frame
+
+    def pareto(self, objectives: Sequence[tuple[str, str]] = (("latency_s", "min"), ("peak_mem_mb", "min"),
+                                                              ("ssim", "max"))):
+        """Recipes no other recipe beats on every objective (column, "min" | "max") at once."""
+        from .stats import pareto_indices
+
+        frame = self.to_frame()
+        cols = [c for c, _ in objectives]
+        frame = frame[frame["ok"] > 0].dropna(subset=cols)
+        front = pareto_indices(frame[cols].to_numpy().tolist(), [s for _, s in objectives])
+        return frame.iloc[sorted(front)][cols + ["speedup", "weight_mb"]]
 
     def interactions(self):
         """For each combination whose parts also ran alone: expected speed-up (product of the parts'
@@ -274,7 +301,7 @@ def compare(
                 base.status = "ok"
                 base.latency, base.first_call_s = c.latency, c.first_call_s
                 base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
-                base.rss_before_mb = c.rss_before_mb
+                base.rss_before_mb, base.cpu_percent, base.stages = c.rss_before_mb, c.cpu_percent, c.stages
                 base.weight_bytes = weight_bytes(pipe)
                 base.image = str(Path(c.image).relative_to(out))
                 reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"

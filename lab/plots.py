@@ -164,3 +164,113 @@ def plot_image_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None
             if j == 0:
                 ax.set_ylabel(case, fontsize=8)
     return _save(fig, path)
+
+
+def plot_trace_diff(diff, *, top: int = 12, path: str | os.PathLike | None = None):
+    """Ops whose self time changed most between two profiles: green faster, red slower (ms)."""
+    frame = diff.ops.head(top)[::-1]
+    fig, ax = _figure(figsize=(7, 0.32 * len(frame) + 1.4))
+    ax.barh(frame.index, frame["delta_ms"], color=["tab:green" if d < 0 else "tab:red" for d in frame["delta_ms"]])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"Δ self time, {diff.after} − {diff.before} (ms per call; UNet per step)")
+    ax.set_title("What got faster and what got slower")
+    return _save(fig, path)
+
+
+def plot_stage_breakdown(comparison, *, path: str | os.PathLike | None = None):
+    """Stacked median seconds per stage for each recipe of a comparison."""
+    recipes = [r for r in _ok_frame(comparison).index]
+    stages = {}
+    for recipe in recipes:
+        runs = [r.stages for r in comparison.records if r.recipe == recipe and r.status == "ok" and r.stages]
+        if runs:
+            stages[recipe] = {k: sum(getattr(s, k) for s in runs) / len(runs)
+                              for k in ("text_encoder", "unet", "vae_decode", "other")}
+    fig, ax = _figure(figsize=(max(6, 0.7 * len(stages) + 2), 3.8))
+    bottom = [0.0] * len(stages)
+    for stage in ("text_encoder", "unet", "vae_decode", "other"):
+        values = [max(v[stage], 0.0) for v in stages.values()]
+        ax.bar(list(stages), values, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("seconds per image")
+    ax.set_title("Stage breakdown per recipe")
+    ax.legend(fontsize="small")
+    ax.tick_params(axis="x", labelrotation=35)
+    return _save(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (lower x, higher y): faster and better."""
+    from .stats import pareto_indices
+
+    return pareto_indices(points, ("min", "max"))
+
+
+def plot_quality_vs_speed(comparison, *, path: str | os.PathLike | None = None):
+    """SSIM against latency per recipe, the Pareto front (faster and better) joined and labelled."""
+    frame = _ok_frame(comparison).dropna(subset=["ssim", "latency_s"])
+    points = list(zip(frame["latency_s"], frame["ssim"]))
+    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    fig, ax = _figure()
+    ax.scatter(frame["latency_s"], frame["ssim"], color="tab:blue", label="recipe")
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", marker="o",
+            label="Pareto front")
+    for name, (x, y) in zip(frame.index, points):
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("seconds per image (median)")
+    ax.set_ylabel(f"SSIM vs {comparison.baseline}")
+    ax.set_title("Quality against speed")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_diff_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None = None):
+    """Per case: the baseline image, then each recipe's image over its luminance difference heat map."""
+    from PIL import Image
+
+    from .quality import diff_map
+
+    recipes = [r for r in _ok_frame(comparison).index if r != comparison.baseline]
+    cases = list(dict.fromkeys(r.case for r in comparison.records))
+    fig, grid = _figure(figsize=(1.8 * (2 * len(recipes) + 1) + 0.5, 1.9 * len(cases) + 0.4), nrows=len(cases),
+                        ncols=2 * len(recipes) + 1)
+    if len(cases) == 1 and not recipes:
+        grid = [[grid]]
+    for i, case in enumerate(cases):
+        base = next((r for r in comparison.records if r.key == (comparison.baseline, case, seed)), None)
+        row = grid[i]
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if base is None or base.status != "ok":
+            continue
+        ref = Path(comparison.out) / base.image
+        row[0].imshow(Image.open(ref))
+        row[0].set_title(comparison.baseline, fontsize=7)
+        row[0].set_ylabel(case, fontsize=8)
+        for j, recipe in enumerate(recipes):
+            rec = next((r for r in comparison.records if r.key == (recipe, case, seed) and r.status == "ok"), None)
+            if rec is None:
+                continue
+            img = Path(comparison.out) / rec.image
+            row[1 + 2 * j].imshow(Image.open(img))
+            row[1 + 2 * j].set_title(recipe, fontsize=7)
+            row[2 + 2 * j].imshow(diff_map(img, ref), cmap="magma", vmin=0, vmax=64)
+            row[2 + 2 * j].set_title(f"|Δ| SSIM {rec.ssim:.2f}" if rec.ssim is not None else "|Δ|", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_steps_sweep(comparison, *, path: str | os.PathLike | None = None):
+    """Time and SSIM against the number of steps (recipes that differ in ``steps``)."""
+    frame = _ok_frame(comparison)
+    steps = {r.recipe: r.steps for r in comparison.records}
+    pts = sorted((steps[n], row["latency_s"], row["ssim"]) for n, row in frame.iterrows())
+    fig, ax = _figure()
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color="tab:blue", label="seconds")
+    ax.set_xlabel("denoising steps")
+    ax.set_ylabel("seconds per image", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", color="tab:orange", label="SSIM")
+    twin.set_ylabel(f"SSIM vs {comparison.baseline}", color="tab:orange")
+    ax.set_title("Time and quality against steps")
+    return _save(fig, path)

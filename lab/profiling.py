@@ -14,6 +14,7 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from ._checks import LabError, positive_int, writable_dir
@@ -250,4 +251,58 @@ def profile(
         trace_path=str(trace_path), tensorboard_dir=str(tb_dir), trace_bytes=trace_path.stat().st_size,
         env=Environment.capture(device), memory_timeline=str(timeline_path) if timeline_path else None,
         memory_snapshot=str(snapshot_path) if snapshot_path else None, notes=notes,
+    )
+
+
+@dataclass
+class ProfileDiff:
+    """Per-op and per-stage time deltas between two profiles (``after`` − ``before``), in ms.
+
+    UNet figures are per recorded denoising step, so profiles recorded with different
+    ``record_steps`` compare fairly.
+    """
+
+    before: str
+    after: str
+    ops: Any  # DataFrame indexed by op name
+    stages: Any  # DataFrame indexed by stage group
+
+
+def _stage_ms(prof: ProfileResult) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for span in prof.spans:
+        out[_stage_group(span.stage)] += span.duration_us / 1e3
+    if "unet" in out:
+        out["unet"] /= prof.record_steps
+    return dict(out)
+
+
+def _op_ms(prof: ProfileResult) -> dict[str, float]:
+    on_device = any(r.self_device_us > 0 for r in prof.op_records)
+    out: dict[str, float] = defaultdict(float)
+    for r in prof.op_records:
+        us = r.self_device_us if on_device else r.self_cpu_us
+        out[r.name] += us / 1e3 / (prof.record_steps if r.stage.startswith("unet_step_") else 1)
+    return dict(out)
+
+
+def _delta_frame(before: dict[str, float], after: dict[str, float], key: str):
+    import pandas as pd
+
+    names = sorted(set(before) | set(after))
+    frame = pd.DataFrame({key: names, "before_ms": [before.get(n, 0.0) for n in names],
+                          "after_ms": [after.get(n, 0.0) for n in names]}).set_index(key)
+    frame["delta_ms"] = frame["after_ms"] - frame["before_ms"]
+    frame["ratio"] = frame["after_ms"] / frame["before_ms"].where(frame["before_ms"] > 0)
+    return frame.reindex(frame["delta_ms"].abs().sort_values(ascending=False).index)
+
+
+def diff_profiles(before: ProfileResult, after: ProfileResult, *, before_name: str = "before",
+                  after_name: str = "after") -> ProfileDiff:
+    """Which ops and stages got faster or slower, and by how much (self time per call of the pipeline)."""
+    return ProfileDiff(
+        before=before_name,
+        after=after_name,
+        ops=_delta_frame(_op_ms(before), _op_ms(after), "op"),
+        stages=_delta_frame(_stage_ms(before), _stage_ms(after), "stage"),
     )

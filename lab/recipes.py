@@ -136,13 +136,15 @@ def _hook_casts(pipe) -> None:
 def _set_dtype(components: Sequence[str], dtype_name: str):
     def apply(pipe, cases):
         from .env import torch_dtype
+        from .models import quiet_diffusers
 
         dtype = torch_dtype(dtype_name)
         for comp in components:
             for name in [comp] + ([f"{comp}_2"] if comp == "text_encoder" else []):
                 module = getattr(pipe, name, None)
                 if module is not None:
-                    module.to(dtype)
+                    with quiet_diffusers():
+                        module.to(dtype)
         if len(components) < len(COMPONENTS):  # a mixed plan: tensors cross between dtypes
             _hook_casts(pipe)
 
@@ -310,11 +312,10 @@ def _compile(component: str, mode: str | None = None, regional: bool = False):
 
 
 def _compile_check(env: RecipeEnv) -> str | None:
-    if not env.cuda and importlib.util.find_spec("torch") is not None:
-        import shutil
+    import shutil
 
-        if shutil.which("g++") is None and shutil.which("c++") is None:
-            return "torch.compile on CPU needs a C++ compiler (g++), which is not on PATH"
+    if not env.cuda and shutil.which("g++") is None and shutil.which("c++") is None:
+        return "torch.compile on CPU needs a C++ compiler (g++), which is not on PATH"
     return None
 
 

@@ -52,3 +52,18 @@ class Latency(Record):
     def cv(self) -> float:
         """Coefficient of variation (std / mean)."""
         return self.std / self.mean if self.mean else 0.0
+
+
+def pareto_indices(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[int]:
+    """Indices of the points no other point dominates; ``senses`` says per axis "min" or "max"."""
+    sign = [1.0 if s == "min" else -1.0 for s in senses]
+    if any(s not in ("min", "max") for s in senses):
+        raise ValueError(f"senses must be 'min' or 'max', got {list(senses)}")
+    keyed = [[v * k for v, k in zip(p, sign)] for p in points]
+    front = []
+    for i, p in enumerate(keyed):
+        dominated = any(all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p))
+                        for j, q in enumerate(keyed) if j != i)
+        if not dominated:
+            front.append(i)
+    return front

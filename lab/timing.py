@@ -166,8 +166,10 @@ class StageTimer:
         self._acc, self._steps, self._open = {}, [], {}
         synchronize(self.device)
         start = time.perf_counter()
-        output = call(**kwargs, callback_on_step_end=callback)
-        self._close_open()
+        try:
+            output = call(**kwargs, callback_on_step_end=callback)
+        finally:
+            self._close_open()  # a call that raises must not leave profiler ranges open
         synchronize(self.device)
         total = time.perf_counter() - start
         text, vae = self._acc.get("text_encoder", 0.0), self._acc.get("vae_decode", 0.0)

@@ -7,7 +7,7 @@ import pytest
 from lab.notebooks import notebook_paths, run_notebook
 
 # seconds each notebook may take on the tiny model on 2 CPU cores (the issues' budgets)
-BUDGETS = {"01_diagnose": 90, "02_compare": 180, "03_optimize": 180}
+BUDGETS = {"01_diagnose": 90, "02_compare": 180, "03_optimize": 180, "04_verify": 180, "05_advance": 180}
 NOTEBOOKS = notebook_paths()
 
 

@@ -1,0 +1,113 @@
+"""Performance ladder: cumulative recipes on a realistic architecture, against the hardware limit.
+
+Usage:
+    python benchmarks/ladder.py                       # CPU: sd15-arch, 256², 4 steps
+    python benchmarks/ladder.py --model sd15-arch --size 512 --steps 30 --device cuda   # GPU
+    python benchmarks/ladder.py --model sdxl-arch --size 1024 --steps 30 --device cuda
+    python benchmarks/ladder.py --smoke               # CI: tiny, 1 repeat, 2 steps
+
+Each rung adds one technique to the previous rung: fp32 → bf16 (fp16 on CUDA) → SDPA → channels-last →
+compile → fused QKV → quanto int8 weights → int8 weights + activations → fewer steps with a better
+scheduler. Per rung: latency per image (median after warm-up), ratio to fp32, UNet ms per step, UNet
+achieved TFLOP/s and utilisation against the measured matmul peak in the rung's dtype, peak memory,
+SSIM against the fp32 image. A rung that fails is recorded and the ladder goes on (resumable with --out).
+Writes ladder.json and ladder.md beside the compare run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lab  # noqa: E402
+
+
+def rungs(precision: str, steps: int) -> list[tuple[str, str]]:
+    """(label, cumulative recipe string) per rung."""
+    parts: list[str] = []
+    out = [("fp32", "fp32")]
+    fewer = max(1, steps // 2)
+    for label, add in ((precision, precision), ("+ SDPA", "sdpa"), ("+ channels-last", "channels-last"),
+                       ("+ compile", "compile-unet"), ("+ fused QKV", "fused-qkv"),
+                       ("+ quanto int8 weights", "quanto-unet-int8w")):
+        parts.append(add)
+        out.append((label, "+".join(parts)))
+    w8a8 = [p if p != "quanto-unet-int8w" else "quanto-unet-int8w-int8a" for p in parts]
+    out.append(("int8 weights + activations", "+".join(w8a8)))
+    out.append((f"+ DPM-Solver++ Karras, {fewer} steps", "+".join(parts + ["dpmpp-2m-karras", f"steps-{fewer}"])))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sd15-arch")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny, 1 repeat, 2 steps (CI)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.model, args.size, args.steps, args.repeats = "tiny", 64, 2, 1
+    out = Path(args.out or ROOT / "runs" / f"ladder-{Path(args.model).name}-{args.size}")
+    env = lab.RecipeEnv.detect(args.device)
+    precision = "fp16" if env.cuda else "bf16"
+    ladder = rungs(precision, args.steps)
+    case = lab.Case("a photo of an astronaut riding a horse on mars", steps=args.steps, height=args.size,
+                    width=args.size, name="astronaut")
+    cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
+                      out=out, device=env.device)
+
+    pipe = lab.load_pipeline(args.model, device="cpu")  # only for the UNet's shape: FLOPs are counted on meta
+    batch = 2 if case.guidance > 1 else 1
+    step_flops = lab.flops.unet_step_flops(pipe, args.size, args.size, batch)["total"]
+    del pipe
+    peaks = {dt: lab.measure_peak(env.device, dt) for dt in ("fp32", precision)}
+    frame = cmp.to_frame()
+    rows = []
+    for label, recipe in ladder:
+        rec = cmp.record(recipe, "astronaut")
+        row = {"rung": label, "recipe": recipe, "status": rec.status, "error": rec.error}
+        if rec.status == "ok":
+            peak = peaks["fp32" if recipe == "fp32" else precision]
+            unet_s = rec.stages.unet_per_step
+            achieved = step_flops / unet_s
+            row.update(latency_s=rec.latency.median, ratio=frame.loc[recipe, "speedup"], first_call_s=rec.first_call_s,
+                       unet_ms_per_step=unet_s * 1e3, unet_tflops=achieved / 1e12,
+                       utilisation_pct=100 * achieved / peak.flops_per_s, peak_dtype=peak.dtype,
+                       peak_mem_mb=frame.loc[recipe, "peak_mem_mb"], ssim=rec.ssim)
+        rows.append(row)
+    env_info = json.loads((out / "environment.json").read_text())
+    result = {"model": args.model, "size": args.size, "steps": args.steps, "repeats": args.repeats,
+              "batch": batch, "unet_step_flops": step_flops,
+              "peaks": {k: v.to_dict() for k, v in peaks.items()}, "rungs": rows, "env": env_info,
+              "command": " ".join(["python", "benchmarks/ladder.py", *sys.argv[1:]])}
+    (out / "ladder.json").write_text(json.dumps(result, indent=2, default=str))
+
+    lines = [f"| rung | latency s | × fp32 | UNet ms/step | UNet TFLOP/s | utilisation | peak MB | SSIM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['rung']} | {r['status']}: {(r['error'] or '')[:80]} | | | | | | |")
+            continue
+        ssim = "–" if r["ssim"] is None or math.isnan(r["ssim"]) else f"{r['ssim']:.3f}"
+        lines.append(f"| {r['rung']} | {r['latency_s']:.2f} | {r['ratio']:.2f} | {r['unet_ms_per_step']:.0f} | "
+                     f"{r['unet_tflops']:.3f} | {r['utilisation_pct']:.1f}% of {r['peak_dtype']} | "
+                     f"{r['peak_mem_mb']:.0f} | {ssim} |")
+    peak_text = ", ".join(f"{k} {v.flops_per_s / 1e12:.2f} TFLOP/s" for k, v in peaks.items())
+    lines += ["", f"{args.model}, {args.size}², {args.steps} steps, batch {batch} (CFG), median of {args.repeats} "
+              f"after 1 warm-up; UNet {step_flops / 1e12:.3f} TFLOP per step; measured peaks: {peak_text}; "
+              f"{env_info['device_name']}, torch {env_info['packages']['torch']}, commit {env_info['git_commit']}"]
+    (out / "ladder.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

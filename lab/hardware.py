@@ -1,0 +1,88 @@
+"""Hardware-aware compilation and placement (seed 002 §5.2, seed 000 §4.1): a decision with reasons.
+
+The seed's version keys on the device *name* and passes options that do not exist for the chosen
+backend (``mkldnn`` for inductor on CPU, cudagraphs with ``reduce-overhead`` twice). Here the decision
+keys on what the hardware can do: CUDA compute capability (bf16 and TF32 from sm80; FP8 from sm89),
+GPU memory, and on CPU the AMX / AVX-512 BF16 flags and the core count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .recipes import RecipeEnv
+from .results import Record
+
+log = logging.getLogger("lab.hardware")
+
+
+@dataclass
+class HardwarePlan(Record):
+    """What to compile and how, where each component runs, and why."""
+
+    device: str
+    precision: str
+    compile_mode: str | None
+    compile_backend: str | None
+    placement: dict[str, str]
+    recipe: str
+    threads: int | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    def _repr_markdown_(self) -> str:
+        return f"**`{self.recipe}`**\n\n" + "\n".join(f"- {r}" for r in self.reasons)
+
+
+def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None) -> HardwarePlan:
+    """Choose precision, compile mode/backend and component placement for this hardware.
+
+    Args:
+        model_gb: the pipeline's weight size, to decide whether everything fits on the GPU.
+    """
+    import os
+
+    env = env or RecipeEnv.detect()
+    reasons: list[str] = []
+    placement = {"text_encoder": env.device, "unet": env.device, "vae": env.device}
+    threads = None
+    if env.cuda:
+        major, minor = env.cuda_capability or (0, 0)
+        precision = "bf16" if (major, minor) >= (8, 0) else "fp16"
+        reasons.append(f"compute capability {major}.{minor}: "
+                       + ("bf16 has fp32's range at fp16's speed (sm80+)" if precision == "bf16"
+                          else "no fast bf16 before sm80, so fp16"))
+        compile_mode, backend = "max-autotune", "inductor"
+        reasons.append("inductor with max-autotune: Triton GEMM/conv autotuning and CUDA graphs pay off for a "
+                       "model called thousands of times")
+        parts = [precision, "sdpa", "channels-last", "fused-qkv", "compile-unet-max-autotune", "compile-vae"]
+        if (major, minor) >= (8, 0):
+            parts.insert(1, "tf32")
+            reasons.append("TF32 for any remaining fp32 matmuls (sm80+)")
+        if model_gb is not None and env.cuda_memory_gb is not None and model_gb > 0.8 * env.cuda_memory_gb:
+            placement["text_encoder"] = "cpu"
+            parts = [p for p in parts if not p.startswith("compile")] + ["model-cpu-offload"]
+            compile_mode = backend = None
+            reasons.append(f"{model_gb:.1f} GB of weights on a {env.cuda_memory_gb:.0f} GB GPU: components are "
+                           "offloaded to the CPU between uses, and offload hooks rule out compile")
+    else:
+        cores = os.cpu_count() or 1
+        threads = cores
+        reasons.append(f"{cores} CPU cores: one intra-op thread per core (no hyper-thread oversubscription)")
+        if env.cpu_bf16:
+            precision = "bf16"
+            reasons.append("AMX / AVX-512 BF16 present: bf16 matmuls run natively, several times fp32's rate")
+        else:
+            precision = "fp32"
+            reasons.append("no native bf16 on this CPU: bf16 would be emulated, so fp32")
+        compile_mode, backend = "default", "inductor"
+        reasons.append("inductor's C++/OpenMP backend fuses the element-wise work between convolutions; "
+                       "reduce-overhead (CUDA graphs) and max-autotune (Triton) do nothing on a CPU")
+        parts = [precision, "sdpa", "channels-last", "compile-unet"]
+    plan = HardwarePlan(device=env.device, precision=precision, compile_mode=compile_mode,
+                        compile_backend=backend, placement=placement, recipe="+".join(parts), threads=threads,
+                        reasons=reasons)
+    for reason in reasons:
+        log.info("hardware plan: %s", reason)
+    log.info("hardware plan: recipe %s, placement %s", plan.recipe, placement)
+    return plan

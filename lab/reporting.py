@@ -1,0 +1,139 @@
+"""``report()``: a self-contained Markdown + HTML before/after report of a comparison (seed 000 §7)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from ._checks import LabError, writable_dir
+from .quality import QualityReport, QualityThresholds, evaluate
+
+
+def choose(comparison, quality: QualityReport) -> str:
+    """The fastest recipe whose every image passes the quality gate (the baseline if none does)."""
+    frame = comparison.to_frame()
+    summary = quality.summary()
+    passing = [r for r in frame.index if r != comparison.baseline and r in summary.index
+               and summary.loc[r, "verdict"] == "pass"]
+    if not passing:
+        return comparison.baseline
+    return min(passing, key=lambda r: frame.loc[r, "latency_s"])
+
+
+def before_after(comparison, recipe: str, quality: QualityReport):
+    """Seed 000 §7's table: latency, peak memory, CPU %, weights, quality; baseline | chosen | change."""
+    import pandas as pd
+
+    frame = comparison.to_frame()
+    b, a = frame.loc[comparison.baseline], frame.loc[recipe]
+
+    def cpu(name):
+        values = [r.cpu_percent for r in comparison.records if r.recipe == name and r.cpu_percent is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    summary = quality.summary()
+    q = summary.loc[recipe] if recipe in summary.index else None
+    rows = [
+        ("latency (s, median)", b["latency_s"], a["latency_s"], f"{a['latency_s'] / b['latency_s'] - 1:+.1%}"),
+        ("latency spread (IQR, s)", b["latency_iqr_s"], a["latency_iqr_s"], ""),
+        ("speed-up", 1.0, a["speedup"], f"{a['speedup']:.2f}x"),
+        ("peak memory (MB)", b["peak_mem_mb"], a["peak_mem_mb"], f"{a['peak_mem_mb'] / b['peak_mem_mb'] - 1:+.1%}"),
+        ("weights (MB)", b["weight_mb"], a["weight_mb"], f"{a['weight_mb'] / b['weight_mb'] - 1:+.1%}"),
+        ("CPU % (100 = one core)", cpu(comparison.baseline), cpu(recipe), ""),
+        ("SSIM vs baseline (mean)", 1.0, q["mean_ssim"] if q is not None else 1.0, ""),
+        ("PSNR vs baseline (min, dB)", float("inf"), q["min_psnr"] if q is not None else float("inf"), ""),
+    ]
+    return pd.DataFrame(rows, columns=["metric", comparison.baseline, recipe, "change"]).set_index("metric")
+
+
+def recipe_yaml(text: str) -> str:
+    """The chosen recipe as YAML: the string, each part with what it does, generation overrides."""
+    import yaml
+
+    from .recipes import parse
+
+    plan = parse(text)
+    data = {"recipe": text, "parts": [{"name": r.name, "family": r.family, "does": r.description}
+                                      for r in plan.recipes]}
+    if plan.case_overrides():
+        data["generation"] = plan.case_overrides()
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | None = None,
+           thresholds: QualityThresholds | None = None) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` (images embedded) for a comparison; returns their paths.
+
+    Args:
+        recipe: the recipe to report as "after"; default: the fastest one that passes the quality gate.
+    """
+    from . import plots
+
+    if not any(r.recipe == comparison.baseline and r.status == "ok" for r in comparison.records):
+        raise LabError(f"the comparison in {comparison.out!r} has no successful baseline run: nothing to report")
+    out = writable_dir(out or comparison.out)
+    quality = evaluate(comparison, thresholds)
+    chosen = recipe or choose(comparison, quality)
+    frame = comparison.to_frame()
+    if chosen not in frame.index or frame.loc[chosen, "ok"] == 0:
+        raise LabError(f"recipe {chosen!r} has no successful run in this comparison; "
+                       f"choose one of: {', '.join(frame.index[frame['ok'] > 0])}")
+    table = before_after(comparison, chosen, quality)
+    figures = {
+        "Latency": plots.plot_latency(comparison), "Speed-up": plots.plot_speedup(comparison),
+        "Memory": plots.plot_memory(comparison), "Quality against speed": plots.plot_quality_vs_speed(comparison),
+        "Stages": plots.plot_stage_breakdown(comparison), "Images and differences": plots.plot_diff_grid(comparison),
+    }
+    images = {title: _png(fig) for title, fig in figures.items()}
+    env_path = Path(comparison.out) / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    yaml_text = recipe_yaml(chosen)
+    gate = quality.thresholds
+
+    md = [f"# Before / after: {comparison.model}", "",
+          f"Baseline `{comparison.baseline}`, chosen `{chosen}` "
+          f"({'fastest recipe passing' if recipe is None else 'as requested; quality gate'}: SSIM > {gate.ssim_min}, "
+          f"PSNR > {gate.psnr_min} dB).", "", "## Before / after", "", table.round(4).to_markdown(), "",
+          "## Chosen recipe", "", "```yaml", yaml_text.rstrip(), "```", "", "## Quality gate", "",
+          quality.summary().round(4).to_markdown() if quality.images else "(no images besides the baseline)", ""]
+    if quality.skipped_metrics:
+        md += ["Not computed: " + "; ".join(f"{k} ({v})" for k, v in quality.skipped_metrics.items()), ""]
+    md += ["## All recipes", "", frame.round(4).to_markdown(), ""]
+    for title, data in images.items():
+        md += [f"## {title}", "", f"![{title}](data:image/png;base64,{data})", ""]
+    md += ["## Environment", "", "```json", json.dumps(env, indent=2), "```", ""]
+
+    def table_html(df) -> str:
+        return df.round(4).to_html(border=0, classes="t", na_rep="")
+
+    body = [f"<h1>Before / after: {html.escape(comparison.model)}</h1>",
+            f"<p>Baseline <code>{html.escape(comparison.baseline)}</code>, chosen <code>{html.escape(chosen)}</code> "
+            f"(quality gate: SSIM &gt; {gate.ssim_min}, PSNR &gt; {gate.psnr_min} dB).</p>",
+            "<h2>Before / after</h2>", table_html(table), "<h2>Chosen recipe</h2>",
+            f"<pre>{html.escape(yaml_text)}</pre>", "<h2>Quality gate</h2>",
+            table_html(quality.summary()) if quality.images else "<p>(no images besides the baseline)</p>",
+            "<h2>All recipes</h2>", table_html(frame)]
+    for title, data in images.items():
+        body += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
+    body += ["<h2>Environment</h2>", f"<pre>{html.escape(json.dumps(env, indent=2))}</pre>"]
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>diffusion-lab report</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table.t{border-collapse:collapse}"
+            "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+            "img{max-width:100%}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    paths = {"markdown": out / "report.md", "html": out / "report.html"}
+    paths["markdown"].write_text("\n".join(md), encoding="utf-8")
+    paths["html"].write_text(page, encoding="utf-8")
+    return paths

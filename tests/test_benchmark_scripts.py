@@ -1,0 +1,26 @@
+"""The benchmark scripts behind docs/benchmarks.md run end to end (smoke modes), so they cannot rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ladder_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/ladder.py", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "ladder.json").read_text())
+    rungs = result["rungs"]
+    assert len(rungs) == 9 and rungs[0]["recipe"] == "fp32" and rungs[0]["ratio"] == 1.0
+    assert result["model"] == "tiny" and result["steps"] == 2 and result["repeats"] == 1
+    ok = [r for r in rungs if r["status"] == "ok"]
+    assert len(ok) >= 7, [(r["rung"], r["status"], r["error"]) for r in rungs]
+    assert all(r["unet_tflops"] > 0 and 0 < r["utilisation_pct"] < 100 for r in ok)
+    assert "| rung |" in out.stdout and (tmp_path / "ladder.md").exists()
+    assert result["env"]["packages"]["torch"]
