@@ -15,7 +15,7 @@ import psutil
 
 from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
-from .env import Environment
+from .env import Environment, dtype_name
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
 from .results import Record
@@ -143,13 +143,6 @@ class BenchmarkResult(Record):
         return [c for c in self.cases if c.error]
 
 
-def _dtype_name(pipe) -> str:
-    from .env import DTYPES
-
-    name = str(pipe.unet.dtype).removeprefix("torch.")
-    return next((k for k, v in DTYPES.items() if v == name), name)
-
-
 def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, repeats: int, tick) -> tuple:
     import torch
 
@@ -251,7 +244,7 @@ def benchmark(
     return BenchmarkResult(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         pipeline=type(pipe).__name__,
-        dtype=_dtype_name(pipe),
+        dtype=dtype_name(pipe.unet.dtype),
         device=device,
         scheduler=type(pipe.scheduler).__name__,
         warmup=warmup,

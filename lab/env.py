@@ -26,6 +26,12 @@ def torch_dtype(name: str):
     return getattr(torch, DTYPES[choose("dtype", name, DTYPES)])
 
 
+def dtype_name(dtype) -> str:
+    """The lab name (fp32 / fp16 / bf16) of a ``torch.dtype``; other dtypes keep torch's name."""
+    name = str(dtype).removeprefix("torch.")
+    return next((k for k, v in DTYPES.items() if v == name), name)
+
+
 def resolve_device(name: str = "auto") -> str:
     """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` / ``mps`` into an available device string."""
     import torch

@@ -233,11 +233,12 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
     """
     import torch
 
-    from .env import DTYPES
+    from .env import DTYPES, dtype_name
     from .timing import StageTimer
 
     device = str(pipe.device)
-    dtype = next((k for k, v in DTYPES.items() if f"torch.{v}" == str(pipe.unet.dtype)), "fp32")
+    dtype = dtype_name(pipe.unet.dtype)
+    dtype = dtype if dtype in DTYPES else "fp32"  # no matmul peak for other dtypes: compare against fp32
     if stage_seconds is None:
         runs = []
         with StageTimer(pipe, device=device) as timer:
