@@ -209,6 +209,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    config = TrainConfig.smoke() if args.smoke else TrainConfig()
+    if args.seed is not None:
+        config.seed = args.seed
+    report = train(args.out, config, work=args.work, progress=not args.quiet)
+    print(f"trained in {sum(report.seconds.values()) / 60:.1f} min; final losses {report.final_loss}; -> {args.out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import EMBEDDED
     from .schedulers import scheduler_names
@@ -282,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_positive, default=600, help="seconds per cell")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train the embedded tiny model on shape scenes (CPU, resumable)")
+    train.add_argument("--out", default="runs/tiny-trained", help="diffusers folder to write (data/models/tiny ships)")
+    train.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work); re-run to resume")
+    train.add_argument("--seed", type=_non_negative, default=None, help="training seed (default 0)")
+    train.add_argument("--smoke", action="store_true", help="a few iterations of a toy config, to check the code")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list embedded models and scheduler names")
     models.set_defaults(func=cmd_models)
