@@ -31,6 +31,7 @@ class EmbeddedModel:
     tokenizer: str | None = None  # shared tokenizer folder, relative to data/; None: the model's own
     published_params: tuple[tuple[str, int], ...] = ()  # parameter counts of the real model
     seed: int = 0
+    trained: bool = False  # the folder holds trained weights (safetensors), not only configs
 
     @property
     def folder(self) -> Path:
@@ -45,14 +46,20 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     for m in (
         EmbeddedModel(
             "tiny",
-            "tiny SD pipeline (64x64, random weights), for fast tests and demos",
+            "tiny SD pipeline (64x64) trained on shape scenes (lab.shapes): real pictures offline",
+            reference="(none: trained by `python -m lab train`)",
+            trained=True,
+        ),
+        EmbeddedModel(
+            "tiny-random",
+            "tiny SD pipeline (64x64, random weights), for fast tests",
             reference="(none: lab's own configs)",
         ),
         EmbeddedModel(
             "tiny-sdxl",
             "tiny SDXL pipeline (64x64, random weights, two text encoders), for SDXL code paths",
             reference="(none: lab's own configs)",
-            tokenizer="models/tiny/tokenizer",
+            tokenizer="models/tiny-random/tokenizer",
         ),
         EmbeddedModel(
             "sd15-arch",
@@ -122,7 +129,8 @@ def _build_component(spec: EmbeddedModel, name: str, library: str, cls_name: str
 
 
 def build_embedded(name: str, *, empty: bool = False):
-    """Build embedded pipeline ``name`` on CPU in fp32, deterministically initialised.
+    """Build embedded pipeline ``name`` on CPU in fp32: trained weights from ``data/``, or deterministically
+    initialised random weights.
 
     Args:
         empty: build on the meta device (no memory, no init) to inspect shapes and counts.
@@ -132,6 +140,8 @@ def build_embedded(name: str, *, empty: bool = False):
     from accelerate import init_empty_weights
 
     spec = EMBEDDED[name]
+    if spec.trained and not empty:
+        return _load_trained(spec)
     index = _read_json(spec.folder / "model_index.json")
     components: dict[str, Any] = {}
     for i, (comp, (library, cls_name)) in enumerate(_component_specs(spec).items()):
@@ -144,6 +154,32 @@ def build_embedded(name: str, *, empty: bool = False):
     if "requires_safety_checker" in index:
         optional["requires_safety_checker"] = False
     return pipeline_cls(**components, **optional)
+
+
+def _load_trained(spec: EmbeddedModel):
+    import diffusers
+    import transformers
+
+    if not (spec.folder / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+        raise ModelUnavailableError(
+            f"the trained weights of {spec.name!r} are missing from {str(spec.folder)!r}; "
+            f"restore them from git or retrain with `python -m lab train --out {spec.folder}`"
+        )
+    # Loading bars and the image-processor notice are noise for a 10 MB local model.
+    libs = (diffusers.utils.logging, transformers.utils.logging)
+    bars = [lib.is_progress_bar_enabled() for lib in libs]
+    level = transformers.utils.logging.get_verbosity()
+    for lib in libs:
+        lib.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        with quiet_diffusers():
+            return diffusers.StableDiffusionPipeline.from_pretrained(spec.folder, local_files_only=True)
+    finally:
+        transformers.utils.logging.set_verbosity(level)
+        for lib, enabled in zip(libs, bars):
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def parameter_counts(pipe) -> dict[str, int]:
@@ -245,7 +281,7 @@ def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "au
     """Load a diffusers pipeline by embedded name, local folder or hub id.
 
     Args:
-        model: an embedded name (``tiny``, ``sd15-arch``, ``sd21-arch``, ``sdxl-arch``), a local
+        model: an embedded name (``tiny``, ``tiny-random``, ``sd15-arch``, ...: ``embedded_models()``), a local
             diffusers folder, or a hub id.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.

@@ -2,8 +2,11 @@
 
 Two tokenizers, both deterministic (re-running rewrites identical files):
 
-- ``data/models/tiny/tokenizer``: byte-level base symbols plus whole-word merges for the
-  words of the shipped prompt sets and the shape-scene grammar (~1.5 k entries).
+- ``data/models/tiny-random/tokenizer``: byte-level base symbols plus left-to-right merges for the
+  words of the shipped prompt sets and the shape-scene grammar (~1.5 k entries). BPE applies merges
+  by rank, so a word whose chain an earlier merge pre-empts stays split ("green" -> g re e n,
+  "black" -> b la c k). The trained ``tiny`` model learned with this tokenizer and ships a copy, so
+  changing it here needs a retrain there.
 - ``data/tokenizers/clip-synthetic-49408``: the tiny vocabulary extended with synthetic
   merges up to CLIP's real vocabulary size (49 408), for the realistic architectures, so that
   token ids span the whole embedding table.
@@ -124,7 +127,7 @@ def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> int:
 
 def main() -> None:
     merges = whole_word_merges(prompt_words())
-    tiny = write_tokenizer(ROOT / "data" / "models" / "tiny" / "tokenizer", merges)
+    tiny = write_tokenizer(ROOT / "data" / "models" / "tiny-random" / "tokenizer", merges)
     full = write_tokenizer(
         ROOT / "data" / "tokenizers" / "clip-synthetic-49408",
         synthetic_merges(base_vocab(), merges, CLIP_VOCAB_SIZE),

@@ -17,16 +17,18 @@ def test_tiny_loads_offline_and_makes_a_64px_image(tiny_pipe):
     assert image.std() > 0  # not a constant image
 
 
-def test_tiny_is_deterministic_across_builds(tiny_pipe):
-    other = lab.load_pipeline("tiny", device="cpu")
-    assert np.array_equal(generate(tiny_pipe, seed=3), generate(other, seed=3))
-    assert not np.array_equal(generate(tiny_pipe, seed=3), generate(tiny_pipe, seed=4))
+@pytest.mark.parametrize("model", ["tiny", "tiny-random"])
+def test_tiny_is_deterministic_across_builds(model):
+    one, other = lab.load_pipeline(model, device="cpu"), lab.load_pipeline(model, device="cpu")
+    assert np.array_equal(generate(one, seed=3), generate(other, seed=3))
+    assert not np.array_equal(generate(one, seed=3), generate(one, seed=4))
 
 
-def test_tiny_weights_are_identical_across_builds(tiny_pipe):
-    other = lab.load_pipeline("tiny", device="cpu")
+@pytest.mark.parametrize("model", ["tiny", "tiny-random"])
+def test_tiny_weights_are_identical_across_builds(model):
+    one, other = lab.load_pipeline(model, device="cpu"), lab.load_pipeline(model, device="cpu")
     for name in ("unet", "vae", "text_encoder"):
-        a, b = getattr(tiny_pipe, name).state_dict(), getattr(other, name).state_dict()
+        a, b = getattr(one, name).state_dict(), getattr(other, name).state_dict()
         assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), name
 
 
