@@ -68,6 +68,10 @@ _API = {
     "adaptive": None,
     "widgets": None,
     "psnr": "quality",
+    "adherence": "quality",
+    "AdherenceReport": "quality",
+    "shapes": None,
+    "training": None,
     "scheduler_names": "schedulers",
 }
 
@@ -87,7 +91,7 @@ if TYPE_CHECKING:
         weight_bytes,
     )
     from .schedulers import scheduler_names, set_scheduler
-    from . import adaptive, flops, lora, mixed, plots, presets, recipes, widgets
+    from . import adaptive, flops, lora, mixed, plots, presets, recipes, shapes, training, widgets
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative
@@ -98,7 +102,7 @@ if TYPE_CHECKING:
     from .experiments import Comparison, compare
     from .presets import preset, recommend
     from .profiling import diff_profiles
-    from .quality import QualityThresholds, evaluate, psnr, ssim
+    from .quality import AdherenceReport, QualityThresholds, adherence, evaluate, psnr, ssim
     from .reporting import report
     from .recipes import RecipeEnv
     from .diagnosis import Diagnosis, Thresholds, diagnose

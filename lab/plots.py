@@ -274,3 +274,47 @@ def plot_steps_sweep(comparison, *, path: str | os.PathLike | None = None):
     twin.set_ylabel(f"SSIM vs {comparison.baseline}", color="tab:orange")
     ax.set_title("Time and quality against steps")
     return _save(fig, path)
+
+
+def plot_images(images, titles=None, *, ncols: int = 4, path: str | os.PathLike | None = None):
+    """Images in a grid with optional titles (e.g. prompts and their adherence)."""
+    import math
+    import textwrap
+
+    images = list(images)
+    titles = list(titles) if titles is not None else [""] * len(images)
+    ncols = max(1, min(ncols, len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    fig, grid = _figure(figsize=(2.1 * ncols, 2.3 * nrows), nrows=nrows, ncols=ncols)
+    if nrows == ncols == 1:
+        grid = [[grid]]
+    for k in range(nrows * ncols):
+        ax = grid[k // ncols][k % ncols]
+        ax.set_axis_off()
+        if k < len(images):
+            ax.imshow(images[k])
+            ax.set_title(textwrap.fill(titles[k], 30), fontsize=6)
+    return _save(fig, path)
+
+
+def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
+    """Adherence per attribute, one bar group per configuration (``{name: AdherenceReport}``)."""
+    import numpy as np
+
+    scores = {name: r.per_attribute() for name, r in reports.items() if r.prompts}
+    if not scores:  # e.g. a real model on free-form prompts: nothing the detector can score
+        fig, ax = _figure(figsize=(6, 1.2))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no shape-scene prompts: adherence does not apply", ha="center", va="center")
+        return _save(fig, path)
+    attributes = [a for a in next(iter(scores.values())) if a != "exact"]
+    fig, ax = _figure(figsize=(max(6.0, 1.1 * len(attributes) * max(1, len(scores)) ** 0.5), 3.2))
+    width = 0.8 / len(scores)
+    x = np.arange(len(attributes))
+    for i, (name, s) in enumerate(scores.items()):
+        ax.bar(x + i * width, [s[a] for a in attributes], width, label=name)
+    ax.set_xticks(x + 0.4 - width / 2, attributes)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("adherence (1 = matches the prompt)")
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)

@@ -1,4 +1,5 @@
-"""Image quality against a reference: SSIM and PSNR (scikit-image), with acceptance thresholds."""
+"""Image quality: SSIM and PSNR against a reference (scikit-image), prompt adherence of shape scenes
+(``lab.shapes`` detector, no downloaded weights), and acceptance thresholds."""
 
 from __future__ import annotations
 
@@ -60,9 +61,13 @@ class QualityThresholds(Record):
 
     ssim_min: float = 0.85
     psnr_min: float = 25.0
+    adherence_drop_max: float | None = 0.1  # shape scenes: fail when adherence falls this far below the baseline
 
-    def passes(self, ssim_value: float, psnr_value: float) -> bool:
-        return ssim_value > self.ssim_min and psnr_value > self.psnr_min
+    def passes(self, ssim_value: float, psnr_value: float, adherence_drop: float | None = None) -> bool:
+        ok = ssim_value > self.ssim_min and psnr_value > self.psnr_min
+        if adherence_drop is not None and self.adherence_drop_max is not None:
+            ok = ok and adherence_drop <= self.adherence_drop_max + 1e-9  # scores are sums of tenths
+        return ok
 
 
 def diff_map(image, reference) -> np.ndarray:
@@ -93,6 +98,72 @@ def optional_metrics() -> dict[str, str]:
 
 
 @dataclass
+class AdherenceReport(Record):
+    """Prompt adherence of shape-scene images: per image and attribute 1 (right) or 0 (wrong), else a
+    fraction over the shapes of the prompt."""
+
+    prompts: list[str]
+    scores: list[dict[str, float]]
+
+    def to_frame(self):
+        import pandas as pd
+
+        frame = pd.DataFrame(self.scores, index=pd.Index(self.prompts, name="prompt"))
+        frame["overall"] = frame.mean(axis=1)
+        return frame
+
+    def per_attribute(self) -> dict[str, float]:
+        """Mean per attribute, then ``overall`` (mean over attributes) and ``exact`` (images right in all)."""
+        frame = self.to_frame()
+        out = {k: float(v) for k, v in frame.mean().items()}
+        out["exact"] = float((frame.drop(columns="overall") == 1.0).all(axis=1).mean())
+        return out
+
+    @property
+    def overall(self) -> float:
+        return self.per_attribute()["overall"]
+
+    def _repr_markdown_(self) -> str:
+        import pandas as pd
+
+        return (f"Prompt adherence over {len(self.prompts)} images\n\n"
+                + pd.Series(self.per_attribute(), name="score").round(3).to_frame().to_markdown())
+
+
+def adherence(images, prompts) -> AdherenceReport:
+    """Score generated shape scenes against their prompts (lists, or one image and one prompt)."""
+    from .shapes import adherence as score
+
+    if isinstance(prompts, str):
+        images, prompts = [images], [prompts]
+    images, prompts = list(images), list(prompts)
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
+    return AdherenceReport(prompts, [score(img, p).scores for img, p in zip(images, prompts)])
+
+
+def comparison_adherence(comparison) -> dict[str, AdherenceReport]:
+    """Adherence of each recipe's images in a comparison (shape-scene prompts only), baseline first."""
+    from pathlib import Path
+
+    from .shapes import is_shape_caption
+
+    out: dict[str, AdherenceReport] = {}
+    for r in comparison.records:
+        if r.status == "ok" and r.image and is_shape_caption(r.prompt):
+            report = out.setdefault(r.recipe, AdherenceReport([], []))
+            report.prompts.append(r.prompt)
+            report.scores.append(adherence(Path(comparison.out) / r.image, r.prompt).scores[0])
+    return out
+
+
+def _adherence_or_none(image, prompt: str) -> float | None:
+    from .shapes import adherence as score, is_shape_caption
+
+    return score(image, prompt).overall if is_shape_caption(prompt) else None
+
+
+@dataclass
 class ImageQuality(Record):
     recipe: str
     case: str
@@ -101,6 +172,8 @@ class ImageQuality(Record):
     ssim_luma: float
     psnr: float
     passed: bool
+    adherence: float | None = None  # shape-scene prompts only
+    baseline_adherence: float | None = None
 
 
 @dataclass
@@ -122,9 +195,12 @@ class QualityReport(Record):
         frame = self.to_frame()
         if frame.empty:
             return frame
+        extra = {}
+        if frame["adherence"].notna().any():
+            extra = dict(adherence=("adherence", "mean"), baseline_adherence=("baseline_adherence", "mean"))
         out = frame.groupby("recipe", sort=False).agg(
             images=("passed", "size"), mean_ssim=("ssim", "mean"), min_ssim=("ssim", "min"),
-            min_ssim_luma=("ssim_luma", "min"), min_psnr=("psnr", "min"), pass_rate=("passed", "mean"))
+            min_ssim_luma=("ssim_luma", "min"), min_psnr=("psnr", "min"), **extra, pass_rate=("passed", "mean"))
         out["verdict"] = ["pass" if rate == 1.0 else "fail" for rate in out["pass_rate"]]
         return out
 
@@ -134,12 +210,15 @@ class QualityReport(Record):
 
     def _repr_markdown_(self) -> str:
         t = self.thresholds
-        return (f"Quality gate: SSIM > {t.ssim_min}, PSNR > {t.psnr_min} dB against `{self.baseline}`\n\n"
+        drop = (f", adherence at most {t.adherence_drop_max} below it (shape prompts)"
+                if t.adherence_drop_max is not None else "")
+        return (f"Quality gate: SSIM > {t.ssim_min}, PSNR > {t.psnr_min} dB against `{self.baseline}`{drop}\n\n"
                 + self.summary().round(4).to_markdown())
 
 
 def evaluate(comparison, thresholds: QualityThresholds | None = None) -> QualityReport:
-    """Apply the quality gate to every successful run of a comparison (baseline images excluded)."""
+    """Apply the quality gate to every successful run of a comparison (baseline images excluded); for
+    shape-scene prompts, adherence to the prompt as well."""
     from pathlib import Path
 
     thresholds = thresholds or QualityThresholds()
@@ -151,5 +230,7 @@ def evaluate(comparison, thresholds: QualityThresholds | None = None) -> Quality
             continue
         img, ref_img = Path(comparison.out) / r.image, Path(comparison.out) / ref.image
         s, s_luma, p = ssim(img, ref_img), ssim(img, ref_img, channel="luma"), psnr(img, ref_img)
-        rows.append(ImageQuality(r.recipe, r.case, r.seed, s, s_luma, p, thresholds.passes(s, p)))
+        adh, base_adh = _adherence_or_none(img, r.prompt), _adherence_or_none(ref_img, ref.prompt)
+        drop = base_adh - adh if adh is not None and base_adh is not None else None
+        rows.append(ImageQuality(r.recipe, r.case, r.seed, s, s_luma, p, thresholds.passes(s, p, drop), adh, base_adh))
     return QualityReport(comparison.baseline, thresholds, rows, optional_metrics())

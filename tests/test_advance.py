@@ -110,9 +110,11 @@ def test_policy_evaluation_reports_time_saved_and_quality(tiny_pipe):
     from lab.adaptive import evaluate_policy
 
     cases = [lab.Case("cat"), lab.Case("a red circle on the left and a blue square on the right, with a star")]
-    frame = evaluate_policy(tiny_pipe, cases, lab.AdaptivePolicy(min_steps=2, max_steps=6, min_size=32),
+    # 20 steps against ~3: a margin that one timed call of a few milliseconds per step cannot hide.
+    frame = evaluate_policy(tiny_pipe, cases, lab.AdaptivePolicy(min_steps=2, max_steps=20, min_size=32),
                             available_bytes=2**34)
-    assert list(frame["fixed_steps"]) == [6, 6] and frame["adaptive_steps"].iloc[0] < frame["adaptive_steps"].iloc[1]
+    assert list(frame["fixed_steps"]) == [20, 20]
+    assert frame["adaptive_steps"].iloc[0] < frame["adaptive_steps"].iloc[1]
     assert frame["time_saved_pct"].iloc[0] > 0 and frame["ssim"].between(-1, 1).all()
 
 
@@ -124,7 +126,7 @@ def test_adapt_uses_the_pipeline(tiny_pipe):
 def test_fallback_degrades_until_it_fits():
     import torch
 
-    pipe = lab.load_pipeline("tiny", device="cpu")
+    pipe = lab.load_pipeline("tiny-random", device="cpu")  # latents at half the pixel size
 
     def fake_oom(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]

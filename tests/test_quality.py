@@ -39,6 +39,9 @@ def test_threshold_logic():
     assert (t.ssim_min, t.psnr_min) == (0.85, 25.0)
     assert t.passes(0.9, 30.0) and not t.passes(0.85, 30.0) and not t.passes(0.9, 25.0)
     assert QualityThresholds(ssim_min=0.5, psnr_min=10).passes(0.6, 11)
+    assert t.adherence_drop_max == 0.1
+    assert t.passes(0.9, 30.0, adherence_drop=0.8 - 0.7) and not t.passes(0.9, 30.0, adherence_drop=0.2)
+    assert QualityThresholds(adherence_drop_max=None).passes(0.9, 30.0, adherence_drop=0.9)
 
 
 def test_diff_map_and_errors():

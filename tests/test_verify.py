@@ -15,7 +15,9 @@ RECIPES = ["fp32", "bf16", "steps-1", "quanto-unet-int4w"]
 
 @pytest.fixture(scope="module")
 def cmp(tmp_path_factory):
-    cases = [lab.Case("a red circle", steps=3, name="circle"), lab.Case("a blue square", steps=3, name="square")]
+    cases = [lab.Case("a red circle on the left, white background", steps=20, name="circle"),
+             lab.Case("a blue square at the top and a yellow triangle at the bottom, black background", steps=20,
+                      name="square")]
     return compare("tiny", RECIPES, cases, repeats=1, warmup=0, out=tmp_path_factory.mktemp("cmp"), device="cpu",
                    progress=False)
 
@@ -27,8 +29,31 @@ def test_quality_gate_per_image_and_aggregate(cmp):
     assert list(summary.index) == RECIPES[1:] and set(summary["verdict"]) <= {"pass", "fail"}
     strict = evaluate(cmp, lab.QualityThresholds(ssim_min=0.9999, psnr_min=99))
     assert not strict.passed and set(strict.summary()["verdict"]) == {"fail"}
-    lax = evaluate(cmp, lab.QualityThresholds(ssim_min=-1, psnr_min=0))
+    lax = evaluate(cmp, lab.QualityThresholds(ssim_min=-1, psnr_min=0, adherence_drop_max=None))
     assert lax.passed
+
+
+def test_adherence_beside_ssim_shows_damage(cmp, tmp_path):
+    report = evaluate(cmp)
+    assert all(i.adherence is not None and i.baseline_adherence is not None for i in report.images)
+    assert "adherence" in report.summary()
+    by_recipe = lab.quality.comparison_adherence(cmp)
+    assert list(by_recipe) == RECIPES and all(len(r.prompts) == 2 for r in by_recipe.values())
+    # The trained tiny model draws both scenes at 20 steps; one step leaves a blur that misses them.
+    assert by_recipe["fp32"].overall >= 0.8
+    assert by_recipe["steps-1"].overall < by_recipe["fp32"].overall - 0.2
+    one_step = [i for i in report.images if i.recipe == "steps-1"]
+    assert not any(i.passed for i in one_step)
+    fig = plots.plot_adherence(by_recipe, path=tmp_path / "adherence.png")
+    assert len(fig.axes[0].patches) == len(RECIPES) * 6  # five attributes and overall, per recipe
+
+
+def test_adherence_does_not_apply_to_free_form_prompts(tmp_path):
+    free = compare("tiny-random", ["fp32", "bf16"], [lab.Case("a photo of a cat", steps=2)], repeats=1, warmup=0,
+                   out=tmp_path, progress=False)
+    assert all(i.adherence is None for i in evaluate(free).images)
+    assert lab.quality.comparison_adherence(free) == {}
+    assert plots.plot_adherence({}).axes[0].texts[0].get_text().startswith("no shape-scene prompts")
 
 
 @pytest.mark.parametrize("name", ["plot_latency", "plot_speedup", "plot_memory", "plot_stage_breakdown",
