@@ -4,7 +4,7 @@ Usage:
     python benchmarks/ladder.py                       # CPU: sd15-arch, 256², 4 steps
     python benchmarks/ladder.py --model sd15-arch --size 512 --steps 30 --device cuda   # GPU
     python benchmarks/ladder.py --model sdxl-arch --size 1024 --steps 30 --device cuda
-    python benchmarks/ladder.py --smoke               # CI: tiny, 1 repeat, 2 steps
+    python benchmarks/ladder.py --smoke               # CI: tiny, 1 repeat, 2 steps, regional compile
 
 Each rung adds one technique to the previous rung: fp32 → bf16 (fp16 on CUDA) → SDPA → channels-last →
 compile → fused QKV → quanto int8 weights → int8 weights + activations → fewer steps with a better
@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 import lab  # noqa: E402
 
 
-def rungs(precision: str, steps: int) -> list[tuple[str, str]]:
+def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet") -> list[tuple[str, str]]:
     """(label, cumulative recipe string) per rung."""
     parts: list[str] = []
     out = [("fp32", "fp32")]
     fewer = max(1, steps // 2)
     for label, add in ((precision, precision), ("+ SDPA", "sdpa"), ("+ channels-last", "channels-last"),
-                       ("+ compile", "compile-unet"), ("+ fused QKV", "fused-qkv"),
+                       ("+ compile", compile_recipe), ("+ fused QKV", "fused-qkv"),
                        ("+ quanto int8 weights", "quanto-unet-int8w")):
         parts.append(add)
         out.append((label, "+".join(parts)))
@@ -52,14 +52,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--smoke", action="store_true", help="tiny, 1 repeat, 2 steps (CI)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny, 1 repeat, 2 steps, regional compile (CI: five cold whole-UNet compiles took 6 min)")
     args = parser.parse_args()
     if args.smoke:
         args.model, args.size, args.steps, args.repeats = "tiny", 64, 2, 1
     out = Path(args.out or ROOT / "runs" / f"ladder-{Path(args.model).name}-{args.size}")
     env = lab.RecipeEnv.detect(args.device)
     precision = "fp16" if env.cuda else "bf16"
-    ladder = rungs(precision, args.steps)
+    ladder = rungs(precision, args.steps, "compile-unet-regional" if args.smoke else "compile-unet")
     case = lab.Case("a photo of an astronaut riding a horse on mars", steps=args.steps, height=args.size,
                     width=args.size, name="astronaut")
     cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,

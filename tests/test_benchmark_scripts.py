@@ -24,3 +24,16 @@ def test_ladder_smoke(tmp_path):
     assert all(r["unet_tflops"] > 0 and 0 < r["utilisation_pct"] < 100 for r in ok)
     assert "| rung |" in out.stdout and (tmp_path / "ladder.md").exists()
     assert result["env"]["packages"]["torch"]
+
+
+@pytest.mark.slow
+def test_adherence_benchmark_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/adherence.py", "--prompts", "2", "--detector-images", "20",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "adherence.json").read_text())
+    assert result["detector, generator ground truth"]["overall"] == 1.0
+    assert len(result["prompts"]) == 2
+    rows = [v for v in result.values() if isinstance(v, dict) and "seconds" in v]
+    assert len(rows) == 5 and all(0 <= r["overall"] <= 1 for r in rows)
+    assert (tmp_path / "adherence.md").is_file() and len(list(tmp_path.glob("images-*.png"))) == 5
