@@ -131,11 +131,22 @@ class _Checkpoint:
 
         return torch.load(self.path, weights_only=True) if self.path.is_file() else None
 
-    def save(self, state: dict) -> None:
+    def resume(self, parts: dict) -> tuple[int, list[float], "_Clock"]:
+        """Restore every part (models, optimizer, EMA) from the checkpoint if there is one:
+        the next step, the losses so far and the phase's clock."""
+        state = self.load()
+        if not state:
+            return 0, [], _Clock()
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+        return state["step"], state["losses"], _Clock(state)
+
+    def save(self, parts: dict, step: int, losses: list[float], clock: "_Clock") -> None:
         import torch
 
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        state = {key: part.state_dict() for key, part in parts.items()}
+        torch.save({**state, "step": step, "losses": losses, **clock.read()}, tmp)
         tmp.replace(self.path)
 
 
@@ -167,14 +178,8 @@ def train_vae(c: TrainConfig, pixels, work: Path, progress: bool = True):
     torch.manual_seed(c.seed)
     vae = AutoencoderKL(**vae_config(c))
     opt = torch.optim.AdamW(vae.parameters(), lr=c.vae_lr, weight_decay=0.0)
-    ckpt = _Checkpoint(work / "vae.pt")
-    state = ckpt.load()
-    start, losses = 0, []
-    if state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, losses = state["step"], state["losses"]
-    clock = _Clock(state)
+    ckpt, parts = _Checkpoint(work / "vae.pt"), {"vae": vae, "opt": opt}
+    start, losses, clock = ckpt.resume(parts)
     bar = tqdm(range(start, c.vae_steps), desc="train vae", initial=start, total=c.vae_steps, disable=not progress)
     for step in bar:
         idx, g = _batches(len(pixels), c.vae_batch, c.seed, step)
@@ -192,8 +197,7 @@ def train_vae(c: TrainConfig, pixels, work: Path, progress: bool = True):
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         done = step + 1
         if done % c.checkpoint_every == 0 or done == c.vae_steps:
-            ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": done, "losses": losses,
-                       **clock.read()})
+            ckpt.save(parts, done, losses, clock)
     vae.eval().requires_grad_(False)
     return vae, losses, clock.read()
 
@@ -238,15 +242,8 @@ def train_unet(c: TrainConfig, latents, captions: list[str], tokenizer, work: Pa
                     truncation=True, return_tensors="pt").input_ids
     caption_ids, empty_ids = ids[:-1], ids[-1]
     ckpt = _Checkpoint(work / "unet.pt")
-    state = ckpt.load()
-    start, losses = 0, []
-    if state:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        start, losses = state["step"], state["losses"]
-    clock = _Clock(state)
+    parts = {"unet": unet, "text_encoder": text_encoder, "opt": opt, "ema": ema}
+    start, losses, clock = ckpt.resume(parts)
     bar = tqdm(range(start, c.unet_steps), desc="train unet+text", initial=start, total=c.unet_steps,
                disable=not progress)
     for step in bar:
@@ -271,8 +268,7 @@ def train_unet(c: TrainConfig, latents, captions: list[str], tokenizer, work: Pa
         bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         done = step + 1
         if done % c.checkpoint_every == 0 or done == c.unet_steps:
-            ckpt.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
-                       "ema": ema.state_dict(), "step": done, "losses": losses, **clock.read()})
+            ckpt.save(parts, done, losses, clock)
     ema.copy_to(params)
     return _Unet(unet.eval(), text_encoder.eval(), losses, clock.read())
 

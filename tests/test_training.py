@@ -48,6 +48,31 @@ def test_training_resumes_from_checkpoints_and_refuses_another_config(tmp_path):
     assert len(again.losses["unet+text_encoder"]) == 2
 
 
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from lab import training
+
+    config = TrainConfig.smoke()
+    config.unet_steps, config.checkpoint_every = 4, 2
+    train(tmp_path / "whole", config, progress=False)
+
+    real_save = training._Checkpoint.save
+
+    def save_then_stop(self, parts, step, losses, clock):
+        real_save(self, parts, step, losses, clock)
+        if self.path.name == "unet.pt" and step == 2:
+            raise KeyboardInterrupt  # as if the user stopped it after the first UNet checkpoint
+
+    monkeypatch.setattr(training._Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", config, progress=False)
+    assert not (tmp_path / "resumed").exists()  # no half-written model
+    monkeypatch.setattr(training._Checkpoint, "save", real_save)
+    report = train(tmp_path / "resumed", config, progress=False)
+    assert len(report.losses["unet+text_encoder"]) == 4
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_training_config_is_refused_early(tmp_path):
     with pytest.raises(lab.LabError, match="unet_steps must be an integer >= 1"):
         train(tmp_path / "x", TrainConfig(unet_steps=0), progress=False)
