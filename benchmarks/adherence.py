@@ -56,6 +56,15 @@ def degraded_ground_truth(n: int, seed: int):
     return out, captions
 
 
+def by_colour(prompts: list[str], overall: list[float]) -> dict[str, list]:
+    """Mean overall adherence of the prompts that name each colour, and how many there are."""
+    groups: dict[str, list[float]] = {}
+    for prompt, score in zip(prompts, overall):
+        for colour in {o.colour for o in lab.shapes.parse_caption(prompt).objects}:
+            groups.setdefault(colour, []).append(score)
+    return {c: [round(sum(v) / len(v), 3), len(v)] for c, v in sorted(groups.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=50, help="held-out prompts per configuration")
@@ -83,10 +92,13 @@ def main() -> None:
             continue
         report = lab.adherence(imgs, prompts)
         results[name] = report.per_attribute() | {"seconds": round(seconds, 2)}
-        results[f"{name} per image"] = [round(x, 3) for x in report.to_frame()["overall"]]
+        per_image = list(report.to_frame()["overall"])
+        results[f"{name} per image"] = [round(x, 3) for x in per_image]
+        results[f"{name} by colour"] = by_colour(prompts, per_image)
         titles = [f"{p}\n{o:.2f}" for p, o in zip(prompts, report.to_frame()["overall"])]
         lab.plots.plot_images(imgs[:12], titles[:12], ncols=6, path=out / f"images-{len(results) - 3}.png")
-        print(f"{name}: overall {results[name]['overall']:.3f} ({seconds:.1f} s)", flush=True)
+        print(f"{name}: overall {results[name]['overall']:.3f} ({seconds:.1f} s); by colour "
+              f"{results[f'{name} by colour']}", flush=True)
 
     (out / "adherence.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     import pandas as pd
