@@ -165,7 +165,7 @@ def _load_trained(spec: EmbeddedModel):
             f"the trained weights of {spec.name!r} are missing from {str(spec.folder)!r}; "
             f"restore them from git or retrain with `python -m lab train --out {spec.folder}`"
         )
-    # Loading bars and the image-processor notice are noise for a 10 MB local model.
+    # Loading bars and the image-processor notice are noise for a 19 MB local model.
     libs = (diffusers.utils.logging, transformers.utils.logging)
     bars = [lib.is_progress_bar_enabled() for lib in libs]
     level = transformers.utils.logging.get_verbosity()
