@@ -8,6 +8,9 @@ from lab.notebooks import notebook_paths, run_notebook
 
 # seconds each notebook may take on the tiny model on 2 CPU cores (the issues' budgets)
 BUDGETS = {"01_diagnose": 90, "02_compare": 180, "03_optimize": 180, "04_verify": 180, "05_advance": 180}
+# CI's parameters: fewer steps and repeats than a reader's default, and no torch.compile (a cold
+# inductor cache costs minutes on a CI machine; the compile recipes have their own tests)
+CI_PARAMETERS = {"LAB_MODEL": "tiny", "LAB_DEVICE": "cpu", "LAB_STEPS": "8", "LAB_REPEATS": "1", "LAB_COMPILE": "0"}
 NOTEBOOKS = notebook_paths()
 
 
@@ -28,7 +31,7 @@ def test_notebook_structure(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_headless(path, tmp_path):
-    run = run_notebook(path, tmp_path, timeout=300, env={"LAB_MODEL": "tiny", "LAB_DEVICE": "cpu"})
+    run = run_notebook(path, tmp_path, timeout=600, env=CI_PARAMETERS)
     assert run.error is None, run.error
     assert run.seconds < BUDGETS.get(path.stem, 180), f"{path.stem} took {run.seconds:.0f} s"
     assert (tmp_path / path.stem / path.name).exists()
