@@ -300,11 +300,14 @@ def _call(method: str, component: str | None = None):
     return apply
 
 
-def _compile(component: str, mode: str | None = None, regional: bool = False):
+def _compile(component: str, mode: str | None = None, regional: bool = False, freezing: bool = False):
     def apply(pipe, cases):
         module = pipe.unet if component == "unet" else pipe.vae.decoder
         if regional:
             module.compile_repeated_blocks(fullgraph=True)
+        elif freezing:
+            # weights become constants of the graph, so inductor can prepack them for oneDNN on CPU
+            module.compile(options={"freezing": True})
         else:
             module.compile(mode=mode)
 
@@ -353,6 +356,10 @@ def _build_catalog() -> dict[str, Recipe]:
         r.append(Recipe(f"compile-unet{suffix}", f"torch.compile of the UNet (mode {mode or 'default'})", "compile",
                         "a C++ compiler on CPU", slots=("compile:unet",), apply_fn=_compile("unet", mode),
                         check_fn=_compile_check))
+    r.append(Recipe("compile-unet-frozen", "torch.compile of the UNet with its weights frozen into the graph "
+                    "(prepacked for oneDNN on CPU; later weight changes are not seen)", "compile",
+                    "a C++ compiler on CPU", slots=("compile:unet",), apply_fn=_compile("unet", freezing=True),
+                    check_fn=_compile_check))
     r.append(Recipe("compile-unet-regional", "torch.compile of the UNet's repeated transformer blocks only "
                     "(much shorter compile)", "compile", "a C++ compiler on CPU", slots=("compile:unet",),
                     apply_fn=_compile("unet", regional=True), check_fn=_compile_check))
@@ -407,8 +414,8 @@ def _incompatible(a: str, b: str, why: str) -> None:
     INCOMPATIBLE[frozenset((a, b))] = why
 
 
-for _c in ("compile-unet", "compile-unet-reduce-overhead", "compile-unet-max-autotune", "compile-unet-regional",
-           "compile-vae"):
+for _c in ("compile-unet", "compile-unet-reduce-overhead", "compile-unet-max-autotune", "compile-unet-frozen",
+           "compile-unet-regional", "compile-vae"):
     _incompatible("sequential-cpu-offload", _c, "sequential offload moves weights inside the forward pass, which "
                   "torch.compile cannot trace (seed 002's expert tier combines them: it does not work)")
 for _a in ("math-attention", "attention-slicing", "xformers"):

@@ -21,9 +21,9 @@ def test_catalog_lists_every_recipe_with_its_needs():
     assert {"precision", "attention", "layout", "compile", "quantization", "scheduler", "memory"} <= families
     for name in ("fp32", "fp16", "bf16", "tf32", "sdpa", "math-attention", "attention-slicing", "xformers",
                  "fused-qkv", "channels-last", "compile-unet", "compile-unet-reduce-overhead",
-                 "compile-unet-max-autotune", "compile-unet-regional", "compile-vae", "quanto-unet-int8w",
-                 "quanto-text-int4w", "quanto-vae-fp8w-fp8a", "quanto-unet-int8w-int8a", "torchao-int8wo",
-                 "bnb-unet-4bit", "ddim", "euler", "euler-a", "dpmpp-2m-karras", "unipc", "lcm",
+                 "compile-unet-max-autotune", "compile-unet-frozen", "compile-unet-regional", "compile-vae",
+                 "quanto-unet-int8w", "quanto-text-int4w", "quanto-vae-fp8w-fp8a", "quanto-unet-int8w-int8a",
+                 "torchao-int8wo", "bnb-unet-4bit", "ddim", "euler", "euler-a", "dpmpp-2m-karras", "unipc", "lcm",
                  "model-cpu-offload", "sequential-cpu-offload", "vae-slicing", "vae-tiling"):
         assert name in frame.index, name
 
