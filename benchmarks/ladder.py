@@ -8,10 +8,13 @@ Usage:
 
 Each rung adds one technique to the previous rung: fp32 → bf16 (fp16 on CUDA) → SDPA → channels-last →
 compile → fused QKV → quanto int8 weights → int8 weights + activations → fewer steps with a better
-scheduler. Per rung: latency per image (median after warm-up), ratio to fp32, UNet ms per step, UNet
-achieved TFLOP/s and utilisation against the measured matmul peak in the rung's dtype, peak memory,
-SSIM against the fp32 image. A rung that fails is recorded and the ladder goes on (resumable with --out).
-Writes ladder.json and ladder.md beside the compare run.
+scheduler; then one more rung, the same fewer steps on the fastest rung before it (the cumulative last
+rung inherits every rung that lost time, quanto's above all). On CPU the compile rung freezes the weights
+into the graph (`compile-unet-frozen`: inductor prepacks them for oneDNN; see
+benchmarks/compile_freezing.py). Per rung: latency per image (median after warm-up), ratio to fp32, UNet
+ms per step, UNet achieved TFLOP/s and utilisation against the measured matmul peak in the rung's dtype,
+peak memory, SSIM against the fp32 image. A rung that fails is recorded and the ladder goes on
+(resumable with --out). Writes ladder.json and ladder.md beside the compare run.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet") -> l
     return out
 
 
+def fewer_steps(recipe: str, steps: int) -> str:
+    """``recipe`` with the ladder's fewer-steps rung added."""
+    return f"{recipe}+dpmpp-2m-karras+steps-{max(1, steps // 2)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sd15-arch")
@@ -60,9 +68,18 @@ def main() -> None:
     out = Path(args.out or ROOT / "runs" / f"ladder-{Path(args.model).name}-{args.size}")
     env = lab.RecipeEnv.detect(args.device)
     precision = "fp16" if env.cuda else "bf16"
-    ladder = rungs(precision, args.steps, "compile-unet-regional" if args.smoke else "compile-unet")
+    compile_recipe = "compile-unet-regional" if args.smoke else "compile-unet" if env.cuda else "compile-unet-frozen"
+    ladder = rungs(precision, args.steps, compile_recipe)
     case = lab.Case("a photo of an astronaut riding a horse on mars", steps=args.steps, height=args.size,
                     width=args.size, name="astronaut")
+    cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
+                      out=out, device=env.device)
+    timed = [(cmp.record(recipe, "astronaut"), label) for label, recipe in ladder[:-2]]
+    fastest, fastest_label = min(((r, label) for r, label in timed if r.status == "ok"),
+                                 key=lambda pair: pair[0].latency.median)
+    if fewer_steps(fastest.recipe, args.steps) != ladder[-1][1]:  # else the cumulative rung is that one
+        ladder.append((f"{fastest_label} (fastest rung) + DPM-Solver++ Karras, {max(1, args.steps // 2)} steps",
+                       fewer_steps(fastest.recipe, args.steps)))
     cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
                       out=out, device=env.device)
 
