@@ -35,7 +35,6 @@ def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet") -> l
     """(label, cumulative recipe string) per rung."""
     parts: list[str] = []
     out = [("fp32", "fp32")]
-    fewer = max(1, steps // 2)
     for label, add in ((precision, precision), ("+ SDPA", "sdpa"), ("+ channels-last", "channels-last"),
                        ("+ compile", compile_recipe), ("+ fused QKV", "fused-qkv"),
                        ("+ quanto int8 weights", "quanto-unet-int8w")):
@@ -43,13 +42,18 @@ def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet") -> l
         out.append((label, "+".join(parts)))
     w8a8 = [p if p != "quanto-unet-int8w" else "quanto-unet-int8w-int8a" for p in parts]
     out.append(("int8 weights + activations", "+".join(w8a8)))
-    out.append((f"+ DPM-Solver++ Karras, {fewer} steps", "+".join(parts + ["dpmpp-2m-karras", f"steps-{fewer}"])))
+    out.append((f"+ DPM-Solver++ Karras, {fewer(steps)} steps", fewer_steps("+".join(parts), steps)))
     return out
+
+
+def fewer(steps: int) -> int:
+    """The step count of the ladder's fewer-steps rungs."""
+    return max(1, steps // 2)
 
 
 def fewer_steps(recipe: str, steps: int) -> str:
     """``recipe`` with the ladder's fewer-steps rung added."""
-    return f"{recipe}+dpmpp-2m-karras+steps-{max(1, steps // 2)}"
+    return f"{recipe}+dpmpp-2m-karras+steps-{fewer(steps)}"
 
 
 def main() -> None:
@@ -75,13 +79,14 @@ def main() -> None:
     cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
                       out=out, device=env.device)
     timed = [(cmp.record(recipe, "astronaut"), label) for label, recipe in ladder[:-2]]
-    fastest, fastest_label = min(((r, label) for r, label in timed if r.status == "ok"),
-                                 key=lambda pair: pair[0].latency.median)
-    if fewer_steps(fastest.recipe, args.steps) != ladder[-1][1]:  # else the cumulative rung is that one
-        ladder.append((f"{fastest_label} (fastest rung) + DPM-Solver++ Karras, {max(1, args.steps // 2)} steps",
-                       fewer_steps(fastest.recipe, args.steps)))
-    cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
-                      out=out, device=env.device)
+    fastest = min(((r, label) for r, label in timed if r.status == "ok"), key=lambda pair: pair[0].latency.median,
+                  default=None)
+    if fastest and fewer_steps(fastest[0].recipe, args.steps) != ladder[-1][1]:  # else it is the cumulative rung
+        ladder.append((f"{fastest[1]} (fastest rung) + DPM-Solver++ Karras, {fewer(args.steps)} steps",
+                       fewer_steps(fastest[0].recipe, args.steps)))
+        # the runner resumes from results.jsonl: only the new rung runs
+        cmp = lab.compare(args.model, [recipe for _, recipe in ladder], [case], repeats=args.repeats, warmup=1,
+                          out=out, device=env.device)
 
     pipe = lab.load_pipeline(args.model, device="cpu")  # only for the UNet's shape: FLOPs are counted on meta
     batch = 2 if case.guidance > 1 else 1
