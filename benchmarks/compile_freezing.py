@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/compile_freezing.py                     # sd15-arch, 256², batch 2, bf16 + channels-last
     python benchmarks/compile_freezing.py --rounds 2 --calls 8
+    python benchmarks/compile_freezing.py --model tiny --size 64 --rounds 1 --calls 2   # CI smoke
 
 Each variant (eager, compile-unet, compile-unet-frozen) runs in its own Python process, because
 inductor's configuration and caches are process-wide; variants alternate within a round (ABC ABC) so
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -52,8 +52,8 @@ def one(model: str, recipe: str, size: int, calls: int) -> dict:
             out = unet(sample, t, encoder_hidden_states=text).sample
             seconds.append(time.perf_counter() - tick)
     return {"recipe": recipe, "first_call_s": first, "setup_s": time.perf_counter() - start - sum(seconds),
-            "median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
-            "calls": seconds, "stable": bool(torch.equal(out, reference) or torch.allclose(out, reference))}
+            "latency": lab.Latency.from_values(seconds).to_dict(), "calls": seconds,
+            "stable": bool(torch.allclose(out, reference))}
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in results[-1].items() if k != "calls"}), flush=True)
     import pandas as pd
 
-    frame = pd.DataFrame([r for r in results if "error" not in r])
+    frame = pd.DataFrame([{**r, "median_s": r["latency"]["median"]} for r in results if "error" not in r])
     table = frame.groupby("recipe", sort=False).agg(
         unet_step_s=("median_s", "median"), spread_s=("median_s", lambda s: s.max() - s.min()),
         first_call_s=("first_call_s", "median"), processes=("median_s", "size"))

@@ -41,3 +41,18 @@ def test_adherence_benchmark_smoke(tmp_path):
     rows = [v for v in result.values() if isinstance(v, dict) and "seconds" in v]
     assert len(rows) == 5 and all(0 <= r["overall"] <= 1 for r in rows)
     assert (tmp_path / "adherence.md").is_file() and len(list(tmp_path.glob("images-*.png"))) == 5
+
+
+@pytest.mark.slow
+def test_compile_freezing_ab_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/compile_freezing.py", "--model", "tiny", "--size", "64",
+                          "--rounds", "1", "--calls", "2", "--out", str(tmp_path / "ab.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "ab.json").read_text())
+    runs = result["results"]
+    assert [r["recipe"] for r in runs] == ["bf16+channels-last", "bf16+channels-last+compile-unet",
+                                           "bf16+channels-last+compile-unet-frozen"]
+    assert all("error" not in r and r["latency"]["n"] == 2 and r["latency"]["median"] > 0 and r["stable"]
+               for r in runs), runs
+    assert result["environment"]["packages"]["torch"] and "| recipe" in out.stdout
