@@ -114,7 +114,7 @@ def main() -> None:
               "command": " ".join(["python", "benchmarks/ladder.py", *sys.argv[1:]])}
     (out / "ladder.json").write_text(json.dumps(result, indent=2, default=str))
 
-    lines = [f"| rung | latency s | × fp32 | UNet ms/step | UNet TFLOP/s | utilisation | peak MB | SSIM |",
+    lines = ["| rung | latency s | × fp32 | UNet ms/step | UNet TFLOP/s | utilisation | peak MB | SSIM |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":

@@ -38,8 +38,8 @@ def main() -> None:
     frame = cmp.to_frame()
     base = frame.loc["fp32"]
     base_unet = cmp.record("fp32", "astronaut").weight_bytes["unet"]
-    print(f"| recipe | status | latency s | latency ratio (÷ fp32) | first call s | peak mem MB | mem ratio | "
-          f"UNet weights ÷ fp32 | SSIM vs fp32 |")
+    print("| recipe | status | latency s | latency ratio (÷ fp32) | first call s | peak mem MB | mem ratio | "
+          "UNet weights ÷ fp32 | SSIM vs fp32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe, row in frame.iterrows():
         if row["ok"] == 0:

@@ -170,8 +170,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .experiments import RESULTS, Comparison
     from .quality import QualityThresholds
     from .reporting import report

@@ -8,7 +8,7 @@ for the same prompt and host-device synchronisation inside the denoising loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._checks import LabError
