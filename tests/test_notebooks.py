@@ -26,6 +26,8 @@ def test_notebook_structure(path):
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), "tagged parameters cell"
     assert "takeaway" in "".join(cells[-1]["source"]).lower(), "ends with a takeaway"
     assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), "committed without outputs"
+    ids = [c.get("id") for c in cells]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has a unique id (nbformat 4.5 makes it required)"
 
 
 @pytest.mark.slow
