@@ -2,7 +2,9 @@
 
 Generates one image per held-out prompt (captions training never saw) for each configuration
 and scores them with ``lab.adherence``; also scores generator ground truth (the detector's
-accuracy), clean and degraded (blurred, noisy) as generated images are.
+accuracy), clean and degraded (blurred, noisy) as generated images are, and after a round trip
+through the trained VAE (the ceiling for anything the UNet draws in its latent space). Scores are
+also grouped by colour and by colour × background, to locate a weakness.
 
 Usage: python benchmarks/adherence.py [--prompts 50] [--out runs/adherence]
 """
@@ -56,13 +58,52 @@ def degraded_ground_truth(n: int, seed: int):
     return out, captions
 
 
-def by_colour(prompts: list[str], overall: list[float]) -> dict[str, list]:
-    """Mean overall adherence of the prompts that name each colour, and how many there are."""
-    groups: dict[str, list[float]] = {}
+def vae_round_trip(images, batch: int = 100) -> list:
+    """Ground-truth images encoded and decoded by the trained ``tiny`` VAE (latent means, no sampling)."""
+    import numpy as np
+    import torch
+
+    vae = lab.load_pipeline("tiny", device="cpu").vae
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.asarray(images[start:start + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out += list(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return out
+
+
+def read_back(image) -> str:
+    """What the detector sees in ``image``, written as a caption of the grammar."""
+    found = lab.shapes.detect(image)
+    if not found.objects:
+        return f"no shape, {found.background} background"
+    return lab.shapes.Scene(found.background, found.objects).caption()
+
+
+def grouped(prompts: list[str], overall: list[float]) -> tuple[dict[str, list], dict[str, list]]:
+    """Mean overall adherence of the prompts that name each colour, and each colour/background pair,
+    with how many prompts each mean is over."""
+    colours: dict[str, list[float]] = {}
+    pairs: dict[str, list[float]] = {}
     for prompt, score in zip(prompts, overall):
-        for colour in {o.colour for o in lab.shapes.parse_caption(prompt).objects}:
-            groups.setdefault(colour, []).append(score)
-    return {c: [round(sum(v) / len(v), 3), len(v)] for c, v in sorted(groups.items())}
+        scene = lab.shapes.parse_caption(prompt)
+        for colour in {o.colour for o in scene.objects}:
+            colours.setdefault(colour, []).append(score)
+            pairs.setdefault(f"{colour}/{scene.background}", []).append(score)
+
+    def mean(groups: dict[str, list[float]]) -> dict[str, list]:
+        return {k: [round(sum(v) / len(v), 3), len(v)] for k, v in sorted(groups.items())}
+
+    return mean(colours), mean(pairs)
+
+
+def record(results: dict, name: str, report, prompts: list[str]) -> None:
+    """Per attribute, per image, by colour and by colour/background, under ``name``."""
+    per_image = [round(x, 3) for x in report.to_frame()["overall"]]
+    results[name] = results.get(name, {}) | report.per_attribute()
+    results[f"{name} per image"] = per_image
+    results[f"{name} by colour"], results[f"{name} by colour and background"] = grouped(prompts, per_image)
 
 
 def main() -> None:
@@ -78,8 +119,10 @@ def main() -> None:
     results: dict = {"command": " ".join(sys.argv), "environment": lab.Environment.capture().to_dict()}
     images, captions, _ = lab.shapes.sample(7, args.detector_images, split="all")
     results["detector, generator ground truth"] = lab.adherence(list(images), captions).per_attribute()
-    soft, captions = degraded_ground_truth(args.detector_images, 8)
-    results["detector, ground truth blurred (σ 1.5 px) + noise (σ 12)"] = lab.adherence(soft, captions).per_attribute()
+    soft, soft_captions = degraded_ground_truth(args.detector_images, 8)
+    results["detector, ground truth blurred (σ 1.5 px) + noise (σ 12)"] = (
+        lab.adherence(soft, soft_captions).per_attribute())
+    record(results, "ground truth after the trained VAE", lab.adherence(vae_round_trip(images), captions), captions)
 
     prompts = lab.shapes.held_out_prompts(args.prompts)
     results["prompts"] = prompts
@@ -91,12 +134,11 @@ def main() -> None:
             print(f"{name}: {results[name]['error']}")
             continue
         report = lab.adherence(imgs, prompts)
-        results[name] = report.per_attribute() | {"seconds": round(seconds, 2)}
-        per_image = list(report.to_frame()["overall"])
-        results[f"{name} per image"] = [round(x, 3) for x in per_image]
-        results[f"{name} by colour"] = by_colour(prompts, per_image)
+        results[name] = {"seconds": round(seconds, 2)}
+        record(results, name, report, prompts)
+        results[f"{name} read back"] = [read_back(img) for img in imgs]
         titles = [f"{p}\n{o:.2f}" for p, o in zip(prompts, report.to_frame()["overall"])]
-        lab.plots.plot_images(imgs[:12], titles[:12], ncols=6, path=out / f"images-{len(results) - 3}.png")
+        lab.plots.plot_images(imgs[:12], titles[:12], ncols=6, path=out / f"images-{list(CONFIGS).index(name)}.png")
         print(f"{name}: overall {results[name]['overall']:.3f} ({seconds:.1f} s); by colour "
               f"{results[f'{name} by colour']}", flush=True)
 

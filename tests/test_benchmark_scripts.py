@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import lab
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,14 @@ def test_adherence_benchmark_smoke(tmp_path):
     assert len(result["prompts"]) == 2
     rows = [v for v in result.values() if isinstance(v, dict) and "seconds" in v]
     assert len(rows) == 5 and all(0 <= r["overall"] <= 1 for r in rows)
+    # the trained VAE reproduces ground truth well enough for the detector
+    assert result["ground truth after the trained VAE"]["overall"] >= 0.95
+    pairs = result["trained, PNDM 30 steps (default) by colour and background"]
+    scenes = [lab.shapes.parse_caption(p) for p in result["prompts"]]
+    assert sum(n for _, n in pairs.values()) == sum(len({o.colour for o in s.objects}) for s in scenes)
+    assert set(pairs) == {f"{o.colour}/{s.background}" for s in scenes for o in s.objects}
+    read_back = result["trained, PNDM 30 steps (default) read back"]
+    assert len(read_back) == 2 and all(r.endswith(" background") for r in read_back)
     assert (tmp_path / "adherence.md").is_file() and len(list(tmp_path.glob("images-*.png"))) == 5
 
 
