@@ -77,7 +77,8 @@ def test_compile_freezing_refuses_a_bad_base_before_any_run(tmp_path):
 
 @pytest.mark.slow
 def test_compile_freezing_ab_smoke(tmp_path):
-    # fp32 base: the bf16 pair is the slow path of the real A/B; the recipes' own tests compile on fp32 tiny.
+    # fp32 base: a bf16 compile variant failed on CI's machine, its error lost (docs/benchmarks.md);
+    # compiling tiny's fp32 UNet is what the recipe tests already do on CI.
     out = subprocess.run([sys.executable, "benchmarks/compile_freezing.py", "--base", "fp32", "--model", "tiny",
                           "--size", "64", "--rounds", "1", "--calls", "2", "--out", str(tmp_path / "ab.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
