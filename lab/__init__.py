@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 # public name -> defining module; resolved on first attribute access
 _API = {
-    "load_pipeline": "models",
+    "load_pipeline": "prepare",
+    "prepare": "prepare",
+    "Prepared": "prepare",
     "embedded_models": "models",
     "parameter_counts": "models",
     "weight_bytes": "models",
@@ -46,7 +48,7 @@ _API = {
     "Comparison": "experiments",
     "preset": "presets",
     "recommend": "presets",
-    "RecipeEnv": "recipes",
+    "RecipeEnv": "env",
     "ssim": "quality",
     "evaluate": "quality",
     "QualityThresholds": "quality",
@@ -82,14 +84,8 @@ if TYPE_CHECKING:
     from .benchmarking import BenchmarkResult, CaseResult, benchmark
     from .cases import Case, load_prompts
     from .env import Environment
-    from .models import (
-        ModelUnavailableError,
-        default_size,
-        embedded_models,
-        load_pipeline,
-        parameter_counts,
-        weight_bytes,
-    )
+    from .models import ModelUnavailableError, default_size, embedded_models, parameter_counts, weight_bytes
+    from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
     from . import adaptive, flops, lora, mixed, plots, presets, recipes, shapes, training, widgets
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
@@ -104,7 +100,7 @@ if TYPE_CHECKING:
     from .profiling import diff_profiles
     from .quality import AdherenceReport, QualityThresholds, adherence, evaluate, psnr, ssim
     from .reporting import report
-    from .recipes import RecipeEnv
+    from .env import RecipeEnv
     from .diagnosis import Diagnosis, Thresholds, diagnose
     from .flops import FlopsReport, flops_report, measure_peak
     from .monitor import ResourceMonitor

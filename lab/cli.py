@@ -70,7 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cases = _cases(args)
     out = writable_dir(args.out)
     from .benchmarking import benchmark
-    from .models import load_pipeline
+    from .prepare import load_pipeline
 
     pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
     result = benchmark(
@@ -98,7 +98,7 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
     from .benchmarking import benchmark
     from .diagnosis import Thresholds, diagnose
     from .flops import flops_report
-    from .models import load_pipeline
+    from .prepare import load_pipeline
     from .monitor import ResourceMonitor
     from .profiling import profile
 
@@ -159,7 +159,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .presets import preset, recommend
-    from .recipes import RecipeEnv, catalog
+    from .env import RecipeEnv
+    from .recipes import catalog
 
     env = RecipeEnv.detect(args.device)
     print(catalog(env).to_markdown())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -146,3 +147,36 @@ class Environment(Record):
             git_commit=git_commit(),
             cuda_version=torch.version.cuda,
         )
+
+
+@dataclass(frozen=True)
+class RecipeEnv:
+    """What recipes check against: the device, CUDA capability and memory, optional packages, CPU flags."""
+
+    device: str
+    cuda_capability: tuple[int, int] | None = None
+    cuda_memory_gb: float | None = None
+    packages: frozenset[str] = frozenset()
+    cpu_flags: tuple[str, ...] = ()
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def cpu_bf16(self) -> bool:
+        """The CPU has native bf16 matmul (AMX or AVX-512 BF16)."""
+        return any(f in self.cpu_flags for f in ("amx_bf16", "avx512_bf16"))
+
+    @classmethod
+    def detect(cls, device: str = "auto") -> "RecipeEnv":
+        import torch
+
+        device = resolve_device(device)
+        cap = mem = None
+        if device.startswith("cuda"):
+            cap = torch.cuda.get_device_capability(torch.device(device))
+            mem = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+        optional = ("xformers", "torchao", "bitsandbytes", "optimum.quanto")
+        found = frozenset(p for p in optional if importlib.util.find_spec(p.split(".")[0]) is not None)
+        return cls(device=device, cuda_capability=cap, cuda_memory_gb=mem, packages=found, cpu_flags=cpu_flags())

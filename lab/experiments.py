@@ -230,10 +230,11 @@ def compare(
     from tqdm.auto import tqdm
 
     from .benchmarking import benchmark
-    from .env import Environment
-    from .models import load_pipeline, weight_bytes
+    from .env import Environment, RecipeEnv
+    from .models import weight_bytes
+    from .prepare import prepare
     from .quality import psnr, ssim
-    from .recipes import RecipeEnv, parse
+    from .recipes import parse
 
     cases = [cases] if isinstance(cases, Case) else list(cases)
     recipes = list(recipes)
@@ -267,21 +268,15 @@ def compare(
         todo = [(c, s) for c, s in ((c, s) for c in cases for s in seeds) if (text, c.name, s) not in done]
         if not todo:
             continue
-        plan = plans[text]
         bar.set_postfix_str(text)
-        overrides = plan.case_overrides()
-        reasons = plan.check(env)
-        pipe, error, apply_s = None, None, None
-        if reasons:
-            error = "; ".join(f"{k}: {v}" for k, v in reasons.items())
-        else:
-            try:
-                pipe = load_pipeline(model, dtype=dtype, device=device)
-                start = time.perf_counter()
-                plan.apply(pipe, [c.with_overrides(**overrides) for c in cases])
-                apply_s = time.perf_counter() - start
-            except Exception as err:  # a recipe that fails to apply is a result, not a crash
-                error, pipe = f"{type(err).__name__}: {err}", None
+        pipe, error, apply_s, reasons = None, None, None, None
+        try:
+            prepared = prepare(model, plans[text], device=device, dtype=dtype, cases=cases, env=env, strict=False)
+            pipe, apply_s, reasons = prepared.pipe, prepared.apply_s, prepared.skipped
+            error = reasons
+        except Exception as err:  # a recipe that fails to apply is a result, not a crash
+            error = f"{type(err).__name__}: {err}"
+        overrides = plans[text].case_overrides()
         for case, seed in todo:
             run_case = case.with_overrides(seed=seed, **overrides)
             base = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if reasons else "error",

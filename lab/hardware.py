@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .recipes import RecipeEnv
+from .env import RecipeEnv
 from .results import Record
 
 log = logging.getLogger("lab.hardware")

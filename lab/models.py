@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from ._checks import LabError
 from .env import REPO_ROOT, resolve_device, torch_dtype
+from ._quiet import quiet_diffusers
 from .schedulers import set_scheduler
 
 DATA = REPO_ROOT / "data"
@@ -276,9 +277,8 @@ def _from_pretrained(model: str, dtype):
     return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
 
 
-def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None,
-                  recipe: str | None = None):
-    """Load a diffusers pipeline by embedded name, local folder or hub id.
+def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None):
+    """Load a diffusers pipeline by embedded name, local folder or hub id, with no recipe applied.
 
     Args:
         model: an embedded name (``tiny``, ``tiny-random``, ``sd15-arch``, ...: ``embedded_models()``), a local
@@ -286,8 +286,6 @@ def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "au
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
         scheduler: a name from ``lab.schedulers.scheduler_names()``; None keeps the model's own.
-        recipe: a recipe string (``"bf16+channels-last"``) applied after loading, checked first. Its
-            generation parts (``steps-N``, ``guidance-G``) belong to the call: ``parse(recipe).case_overrides()``.
     """
     from .schedulers import SCHEDULERS
     from ._checks import choose
@@ -298,13 +296,6 @@ def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "au
     device = resolve_device(device)
     if scheduler is not None:
         choose("scheduler", scheduler, SCHEDULERS)
-    plan = None
-    if recipe is not None:
-        from .recipes import RecipeEnv, parse
-
-        plan = parse(recipe)
-        if reasons := plan.check(RecipeEnv.detect(device)):
-            raise LabError(f"recipe {recipe!r} cannot apply here: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
     if model in EMBEDDED:
         pipe = build_embedded(model)
         _cast(pipe, device, torch_dt)
@@ -315,23 +306,7 @@ def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "au
         set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     pipe.lab_model = model
-    if plan is not None:
-        plan.apply(pipe)
     return pipe
-
-
-@contextlib.contextmanager
-def quiet_diffusers():
-    """Silence diffusers' generic warning when casting modules built from configs with ``to()``
-    (they have no fp32-only parts, which is what that warning is about)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def _cast(pipe, device: str, dtype) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._checks import LabError, choose
-from .recipes import RecipeEnv, parse
+from .env import RecipeEnv
+from .recipes import parse
 from .results import Record
 
 PRIORITIES = ("quality", "balance", "speed")

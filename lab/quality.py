@@ -8,25 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .imaging import luminance, to_array
 from .results import Record
-
-
-def _array(image) -> np.ndarray:
-    """A uint8 HxWx3 array from a PIL image, a path or an array."""
-    if isinstance(image, np.ndarray):
-        arr = image
-    else:
-        from PIL import Image
-
-        img = Image.open(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else image
-        arr = np.asarray(img.convert("RGB"))
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {arr.dtype}")
-    return arr
-
-
-def _luminance(arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's "L"
 
 
 def ssim(image, reference, *, channel: str = "rgb") -> float:
@@ -35,20 +18,20 @@ def ssim(image, reference, *, channel: str = "rgb") -> float:
 
     if channel not in ("rgb", "luma"):
         raise ValueError(f"channel must be 'rgb' or 'luma', got {channel!r}")
-    a, b = _array(image), _array(reference)
+    a, b = to_array(image), to_array(reference)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
     if np.array_equal(a, b):
         return 1.0
     win = min(7, *(s if s % 2 else s - 1 for s in a.shape[:2]))
     if channel == "luma":
-        return float(structural_similarity(_luminance(a), _luminance(b), data_range=255.0, win_size=win))
+        return float(structural_similarity(luminance(a), luminance(b), data_range=255.0, win_size=win))
     return float(structural_similarity(a, b, data_range=255, channel_axis=-1, win_size=win))
 
 
 def psnr(image, reference) -> float:
     """Peak signal-to-noise ratio in dB; ``inf`` for identical images (no warning)."""
-    a, b = _array(image), _array(reference)
+    a, b = to_array(image), to_array(reference)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -72,10 +55,10 @@ class QualityThresholds(Record):
 
 def diff_map(image, reference) -> np.ndarray:
     """Per-pixel absolute difference of luminance, 0..255 (float), for heat maps."""
-    a, b = _array(image), _array(reference)
+    a, b = to_array(image), to_array(reference)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
-    return np.abs(_luminance(a) - _luminance(b))
+    return np.abs(luminance(a) - luminance(b))
 
 
 def optional_metrics() -> dict[str, str]:

@@ -10,7 +10,6 @@ quantization, scheduler, memory, compile.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,47 +17,12 @@ from functools import lru_cache
 from typing import Any
 
 from ._checks import LabError
+from .env import RecipeEnv
 from .schedulers import SCHEDULERS, set_scheduler
 
 COMPONENTS = {"text": "text_encoder", "unet": "unet", "vae": "vae"}
 ORDER = {"precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40, "scheduler": 50,
          "steps": 55, "caching": 58, "memory": 60, "compile": 70}
-
-
-# -- environment ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RecipeEnv:
-    """What recipes check against: the device, CUDA capability and memory, optional packages, CPU flags."""
-
-    device: str
-    cuda_capability: tuple[int, int] | None = None
-    cuda_memory_gb: float | None = None
-    packages: frozenset[str] = frozenset()
-    cpu_flags: tuple[str, ...] = ()
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.startswith("cuda")
-
-    @property
-    def cpu_bf16(self) -> bool:
-        """The CPU has native bf16 matmul (AMX or AVX-512 BF16)."""
-        return any(f in self.cpu_flags for f in ("amx_bf16", "avx512_bf16"))
-
-    @classmethod
-    def detect(cls, device: str = "auto") -> "RecipeEnv":
-        import torch
-
-        from .env import cpu_flags, resolve_device
-
-        device = resolve_device(device)
-        cap = mem = None
-        if device.startswith("cuda"):
-            cap = torch.cuda.get_device_capability(torch.device(device))
-            mem = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-        optional = ("xformers", "torchao", "bitsandbytes", "optimum.quanto")
-        found = frozenset(p for p in optional if importlib.util.find_spec(p.split(".")[0]) is not None)
-        return cls(device=device, cuda_capability=cap, cuda_memory_gb=mem, packages=found, cpu_flags=cpu_flags())
 
 
 # -- the recipe type ------------------------------------------------------------------------------------
@@ -136,7 +100,7 @@ def _hook_casts(pipe) -> None:
 def _set_dtype(components: Sequence[str], dtype_name: str):
     def apply(pipe, cases):
         from .env import torch_dtype
-        from .models import quiet_diffusers
+        from ._quiet import quiet_diffusers
 
         dtype = torch_dtype(dtype_name)
         for comp in components:

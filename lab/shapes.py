@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import LabError, choose, positive_int
+from .imaging import to_array
 from .results import Record
 
 SIZE = 64
@@ -237,9 +238,7 @@ def _position(mask: np.ndarray) -> str:
 
 def detect(image) -> Detection:
     """Read background, and each shape's colour, shape and position, from an RGB image."""
-    from .quality import _array
-
-    arr = _array(image)
+    arr = to_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     bg_idx, _ = _nearest(np.median(border, axis=0)[None], BACKGROUNDS)
     background = list(BACKGROUNDS)[int(bg_idx[0])]

@@ -58,7 +58,7 @@ class Workbench:
 
         from . import plots
         from .benchmarking import benchmark
-        from .models import load_pipeline
+        from .prepare import load_pipeline
         from .recipes import parse
 
         recipe = self.recipe()

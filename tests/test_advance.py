@@ -9,7 +9,7 @@ import pytest
 
 import lab
 from lab.cache import CacheKey, ResultCache
-from lab.recipes import RecipeEnv
+from lab.env import RecipeEnv
 
 from .conftest import generate
 

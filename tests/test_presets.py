@@ -2,7 +2,8 @@ import pytest
 
 import lab
 from lab.presets import TIERS, preset, recommend
-from lab.recipes import RecipeEnv, parse
+from lab.env import RecipeEnv
+from lab.recipes import parse
 
 CPU_AMX = RecipeEnv("cpu", cpu_flags=("avx512f", "amx_bf16"))
 CPU_OLD = RecipeEnv("cpu", cpu_flags=("avx2",))

@@ -5,7 +5,8 @@ import lab
 from lab import recipes
 from lab.diagnosis import SUGGESTIONS
 from lab.models import weight_bytes
-from lab.recipes import RecipeEnv, parse
+from lab.env import RecipeEnv
+from lab.recipes import parse
 
 from .conftest import generate
 
