@@ -111,7 +111,7 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
     prof = profile(pipe, case, record_steps=args.record_steps, out_dir=out, with_stack=args.with_stack)
     prof.save(out / "profile.json")
     trace = prof.export_chrome_trace(out / "trace.json.gz")
-    print(prof.ops(top=15).drop(columns=["input_shapes"]).round(1).to_markdown())
+    print(prof.ops(top=15).to_markdown())
     print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.record_steps} steps): {trace}  -> open in ui.perfetto.dev")
     print(f"tensorboard --logdir {prof.tensorboard_dir}")
     if not with_diagnosis:

@@ -22,6 +22,7 @@ from pathlib import Path
 from ._checks import LabError, positive_int, writable_dir
 from .benchmarking import StageSummary
 from .cases import Case
+from .fidelity import Fidelity
 from .memory import model_peak_mb
 from .results import Record
 from .stats import Latency
@@ -60,6 +61,8 @@ class RunRecord(Record):
     psnr: float | None = None
     image: str | None = None
     created: str = ""
+    fidelity: Fidelity | None = None  # first-step update against the baseline's (lab.fidelity)
+    fidelity_note: str | None = None  # why there is none
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -205,6 +208,23 @@ def _append(path: Path, record: RunRecord) -> None:
         os.fsync(f.fileno())
 
 
+def _fidelity(pipe, case: Case, out: Path, recipe: str, baseline: str, plans: dict, name: str):
+    """The run's first-step update saved beside its image, compared with the baseline's (lab.fidelity)."""
+    from .fidelity import comparable, first_step_update, load_update, save_update
+
+    if why := comparable(plans[recipe], plans[baseline]):
+        return None, why
+    try:
+        update = first_step_update(pipe, case)
+    except Exception as err:  # a metric that cannot be taken never fails the run
+        return None, f"first-step update failed: {type(err).__name__}: {err}"
+    save_update(update, out / "fidelity" / slug(recipe) / f"{name}.safetensors")
+    reference = out / "fidelity" / slug(baseline) / f"{name}.safetensors"
+    if not reference.exists():
+        return None, "no baseline update to compare with"
+    return Fidelity.between(update, load_update(reference)), None
+
+
 def _status(error: str) -> str:
     return "oom" if "OutOfMemoryError" in error or "out of memory" in error.lower() else "error"
 
@@ -302,6 +322,8 @@ def compare(
                 reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"
                 if reference.exists():
                     base.ssim, base.psnr = ssim(c.image, reference), psnr(c.image, reference)
+                base.fidelity, base.fidelity_note = _fidelity(pipe, run_case, out, text, baseline, plans,
+                                                              f"{case.name}-s{seed}")
             _append(path, base)
             bar.update()
         del pipe

@@ -14,11 +14,13 @@ Both count a multiply-add as 2 FLOPs and ignore element-wise ops (norms, activat
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import LabError, choose
 from .cases import Case
 from .env import synchronize
 from .results import Record
@@ -117,44 +119,137 @@ def analytic_unet_step_flops(pipe, height: int, width: int, batch: int = 2) -> d
 
 
 # -- device peak ------------------------------------------------------------------------------------
+PEAK_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
+
+
 @dataclass
 class Peak(Record):
-    """Achievable dense-matmul throughput of a device in one dtype (FLOP/s)."""
+    """Achievable dense-matmul throughput of a device in one dtype (FLOP/s): the best of ``repeats`` timings
+    of ``products`` back-to-back n×n products between two synchronisations, over the sizes tried."""
 
     device: str
     dtype: str
     flops_per_s: float
     size: int
-    seconds: float
+    seconds: float  # per product, at ``size``
+    products: int = 1
+    repeats: int = 1
+    by_size: dict[str, float] = field(default_factory=dict)  # n -> best FLOP/s at that size
 
 
-def measure_peak(device: str = "cpu", dtype: str = "fp32", sizes: tuple[int, ...] = (512, 1024, 2048),
-                 min_time: float = 0.3) -> Peak:
-    """Best FLOP/s of square matmuls over ``sizes`` (median of repeats after a warm-up)."""
+def peak_dtypes(device: str, capability: tuple[int, int] | None = None) -> list[str]:
+    """The dtypes a matmul peak can be measured in on ``device`` (fp8 from sm89, tf32 and bf16 from sm80)."""
+    if not device.startswith("cuda"):
+        return ["fp32", "fp16", "bf16"]
+    if capability is None:
+        import torch
+
+        capability = torch.cuda.get_device_capability(torch.device(device))
+    out = ["fp32", "fp16"]
+    if tuple(capability) >= (8, 0):
+        out += ["tf32", "bf16"]
+    if tuple(capability) >= (8, 9):
+        out.append("fp8")
+    return out
+
+
+def _matmul(device: str, dtype: str, n: int):
+    """A closure running one n×n×n product in ``dtype`` into a preallocated output."""
     import torch
 
-    from .env import torch_dtype
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    if dtype == "fp8":
+        fp8 = torch.float8_e4m3fn
+        a8, b8 = a.to(fp8), b.t().contiguous().to(fp8).t()  # _scaled_mm wants the second operand column-major
+        one = torch.tensor(1.0, device=device)
+        return lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    torch_dt = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    a, b = a.to(torch_dt), b.to(torch_dt)
+    out = torch.empty(n, n, device=device, dtype=torch_dt)
+    return lambda: torch.mm(a, b, out=out)
 
-    dt = torch_dtype(dtype)
-    best = None
-    for n in sizes:
-        a = torch.randn(n, n, device=device).to(dt)
-        b = torch.randn(n, n, device=device).to(dt)
-        torch.mm(a, b)
-        synchronize(device)
-        times = []
-        total = 0.0
-        while total < min_time or len(times) < 3:
-            start = time.perf_counter()
-            torch.mm(a, b)
+
+def _fits(device: str, dtype: str, n: int) -> bool:
+    if not device.startswith("cuda"):
+        return True
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return 4 * n * n * 4 < 0.5 * free  # fp32 staging copies plus operands and output, with room to spare
+
+
+def _time_products(run, device: str, products: int) -> float:
+    """Seconds for ``products`` back-to-back calls, read after one synchronisation (CUDA events on GPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(products):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    tick = time.perf_counter()
+    for _ in range(products):
+        run()
+    synchronize(device)
+    return time.perf_counter() - tick
+
+
+def measure_peak(device: str = "cpu", dtype: str = "fp32", sizes: tuple[int, ...] | None = None,
+                 min_time: float = 0.05, repeats: int = 5) -> Peak:
+    """Best FLOP/s of square matmuls, measured the way GEMM benchmarks do.
+
+    Per size: a warm-up, then ``repeats`` timings of as many back-to-back products as fill ``min_time``
+    seconds between two synchronisations (CUDA events on a GPU), keeping the best: one product per
+    synchronisation under-reads a GPU (the H100 read 344 instead of 740 TFLOP/s), and a median on a busy
+    host under-reads a CPU.
+
+    Args:
+        dtype: ``fp32``, ``tf32`` (CUDA sm80+), ``fp16``, ``bf16`` or ``fp8`` (CUDA sm89+, ``torch._scaled_mm``).
+        sizes: square sizes to try; default up to 8192 on CUDA (as memory allows), up to 2048 on CPU.
+    """
+    import torch
+
+    choose("peak dtype", dtype, PEAK_DTYPES)
+    if dtype in ("tf32", "fp8") and not device.startswith("cuda"):
+        raise LabError(f"a {dtype} matmul peak needs a CUDA device (got {device!r}); CPU dtypes: fp32, fp16, bf16")
+    on_cuda = device.startswith("cuda")
+    sizes = sizes or ((2048, 4096, 8192) if on_cuda else (512, 1024, 2048))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    best, by_size = None, {}
+    try:
+        for n in sizes:
+            if not _fits(device, dtype, n):
+                continue
+            run = _matmul(device, dtype, n)
+            run()
             synchronize(device)
-            times.append(time.perf_counter() - start)
-            total += times[-1]
-        seconds = statistics.median(times)
-        rate = 2 * n**3 / seconds
-        if best is None or rate > best.flops_per_s:
-            best = Peak(device=device, dtype=dtype, flops_per_s=rate, size=n, seconds=seconds)
+            once = _time_products(run, device, 1)
+            products = max(1, math.ceil(min_time / max(once, 1e-9)))
+            seconds = min(_time_products(run, device, products) / products for _ in range(repeats))
+            rate = 2 * n**3 / seconds
+            by_size[str(n)] = rate
+            if best is None or rate > best.flops_per_s:
+                best = Peak(device=device, dtype=dtype, flops_per_s=rate, size=n, seconds=seconds, products=products,
+                            repeats=repeats)
+            del run
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    if best is None:
+        raise LabError(f"no matmul size in {sizes} fits in the free memory of {device}")
+    best.by_size = by_size
     return best
+
+
+def utilisation(achieved_flops_per_s: float, peak: Peak) -> float | None:
+    """Achieved ÷ peak in percent; None when above 100 %: then the peak under-reads and no figure is honest."""
+    pct = 100 * achieved_flops_per_s / peak.flops_per_s
+    return pct if pct <= 100 else None
 
 
 # -- per-stage FLOPs of a real pipeline call -------------------------------------------------------------
@@ -164,7 +259,7 @@ class StageFlops(Record):
     flops: int
     seconds: float
     achieved_flops_per_s: float
-    utilisation_pct: float
+    utilisation_pct: float | None  # None: achieved more than the measured peak (peak unreliable)
 
 
 @dataclass
@@ -191,10 +286,15 @@ class FlopsReport(Record):
         head = (f"peak {self.peak.flops_per_s / 1e9:.1f} GFLOP/s ({self.peak.dtype} matmul {self.peak.size}², "
                 f"{self.peak.device}); UNet step {self.unet_step_flops / 1e9:.2f} GFLOP "
                 f"(analytic {self.unet_step_flops_analytic / 1e9:.2f})\n\n")
-        return head + self.to_frame().round(3).to_markdown()
+        warn = "" if self.peak_reliable else "\n\n" + next(n for n in self.notes if n.startswith("peak unreliable"))
+        return head + self.to_frame().round(3).to_markdown() + warn
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
+
+    @property
+    def peak_reliable(self) -> bool:
+        return all(s.utilisation_pct is not None for s in self.stages)
 
     def stage(self, name: str) -> StageFlops:
         return next(s for s in self.stages if s.stage == name)
@@ -239,6 +339,8 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
     device = str(pipe.device)
     dtype = dtype_name(pipe.unet.dtype)
     dtype = dtype if dtype in DTYPES else "fp32"  # no matmul peak for other dtypes: compare against fp32
+    if dtype == "fp32" and device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32:
+        dtype = "tf32"  # fp32 matmuls run on TF32 tensor cores: their peak is the honest ceiling
     if stage_seconds is None:
         runs = []
         with StageTimer(pipe, device=device) as timer:
@@ -258,11 +360,18 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
     for name in ("text_encoder", "unet", "vae_decode"):
         seconds = stage_seconds.get(name, 0.0)
         rate = flops.get(name, 0) / seconds if seconds > 0 else 0.0
-        stages.append(StageFlops(name, int(flops.get(name, 0)), seconds, rate, 100 * rate / peak.flops_per_s))
+        stages.append(StageFlops(name, int(flops.get(name, 0)), seconds, rate, utilisation(rate, peak)))
+    notes = ["FLOPs count matmul, convolution and attention ops (2 per multiply-add); element-wise ops are "
+             "not counted, so utilisation of norm/activation-heavy stages is understated."]
+    over = [s.stage for s in stages if s.utilisation_pct is None]
     total_flops = sum(s.flops for s in stages)
     total_seconds = sum(s.seconds for s in stages)
     rate = total_flops / total_seconds if total_seconds else 0.0
-    stages.append(StageFlops("total", total_flops, total_seconds, rate, 100 * rate / peak.flops_per_s))
+    stages.append(StageFlops("total", total_flops, total_seconds, rate, utilisation(rate, peak)))
+    if over:
+        notes.append(f"peak unreliable: {', '.join(over)} achieved more than the measured {peak.dtype} peak "
+                     f"({peak.flops_per_s / 1e12:.3g} TFLOP/s), so no utilisation is reported (a busy host or too "
+                     "few products per synchronisation under-reads a peak)")
     return FlopsReport(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         case=case,
@@ -270,6 +379,5 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
         stages=stages,
         unet_step_flops=unet_step_flops(pipe, size, case.width or size, batch)["total"],
         unet_step_flops_analytic=analytic_unet_step_flops(pipe, size, case.width or size, batch)["total"],
-        notes=["FLOPs count matmul, convolution and attention ops (2 per multiply-add); element-wise ops are "
-               "not counted, so utilisation of norm/activation-heavy stages is understated."],
+        notes=notes,
     )

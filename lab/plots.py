@@ -89,10 +89,10 @@ def plot_utilisation(report, *, path: str | os.PathLike | None = None):
 def plot_ops(profile_result, *, stage: str | None = None, top: int = 12, path: str | os.PathLike | None = None):
     """Horizontal bars of the ops with the most self time (in one stage, or overall)."""
     frame = profile_result.ops(by="self", stage=stage, top=top)
-    col = "self_device_us" if frame["self_device_us"].sum() > 0 else "self_cpu_us"
+    col = "self_device_ms" if "self_device_ms" in frame else "self_cpu_ms"
     fig, ax = _figure(figsize=(7, 0.3 * len(frame) + 1.2))
-    ax.barh(frame.index[::-1], frame[col][::-1] / 1e3)
-    ax.set_xlabel(f"{col.replace('_us', '')} (ms)")
+    ax.barh(frame.index[::-1], frame[col][::-1])
+    ax.set_xlabel(f"{col.replace('_ms', '').replace('_', ' ')} time (ms)")
     ax.set_title(f"Top ops by self time{f' in {stage}' if stage else ''}")
     return _save(fig, path)
 

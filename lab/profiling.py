@@ -1,8 +1,14 @@
-"""``profile()``: a torch.profiler trace of one pipeline call, with named stage ranges.
+"""``profile()``: a torch.profiler trace of one pipeline call, with named stage ranges and step markers.
 
-The trace holds the ranges ``lab:text_encoder``, ``lab:unet_step_{i}`` and ``lab:vae_decode``.
-Only the first ``record_steps`` denoising steps are recorded (collection is paused for the rest
-and resumed for the VAE decode), which bounds the trace size whatever the step count.
+The trace holds the ranges ``lab:text_encoder``, ``lab:unet_step_{i}`` and ``lab:vae_decode``, and the
+step markers torch.profiler's own tools read (``ProfilerStep#N``, from ``prof.step()``): step 0 is prompt
+encoding and set-up, steps 1..k the denoising steps, the last one the VAE decode. TensorBoard's plugin and
+HTA therefore see one step per denoising step. The profiled call runs ``record_steps`` denoising steps of
+the case (same shapes, same work per step), so the trace size is bounded whatever the case's step count,
+and the whole call is recorded: no paused stretch that trace tools would read as idle time.
+
+On CUDA the op table (``ops()``) holds framework ops with their device time, and ``kernels()`` the GPU
+kernels under short readable names; runtime calls (``cudaLaunchKernel``...) are kept apart.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -23,6 +30,34 @@ from .env import Environment
 from .results import Record
 
 RANGE_PREFIX = "lab:"
+KINDS = ("op", "kernel", "runtime", "profiler")
+# Host-side calls that block until the device has finished: what a "synchronisation" is in a trace.
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+_PROFILER_INTERNALS = ("Activity Buffer Request", "Buffer Flush", "ProfilerStep")
+
+
+def op_kind(name: str, self_cpu_us: float, self_device_us: float, on_cuda: bool) -> str:
+    """``op`` (framework op), ``kernel`` (device activity), ``runtime`` (CUDA API call) or ``profiler``."""
+    if name.startswith(_PROFILER_INTERNALS) or name.startswith("[") or name.startswith(RANGE_PREFIX):
+        return "profiler"
+    if re.match(r"^cu(da)?[A-Z]", name):
+        return "runtime"
+    if on_cuda and self_cpu_us == 0 and self_device_us > 0 and not name.startswith("aten::"):
+        return "kernel"
+    return "op"
+
+
+def short_kernel_name(name: str, width: int = 60) -> str:
+    """A readable kernel name: no ``void``, namespaces, template arguments or parameter list."""
+    text = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+    while True:  # innermost template arguments first, until none are left
+        stripped = re.sub(r"<[^<>]*>", "", text)
+        if stripped == text:
+            break
+        text = stripped
+    text = text.split("(", 1)[0].strip()
+    text = text.rsplit("::", 1)[-1] or name
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @dataclass
@@ -36,7 +71,7 @@ class StageSpan(Record):
 
 @dataclass
 class OpRecord(Record):
-    """One op name within one stage, aggregated over its calls (times in microseconds)."""
+    """One op (or kernel) name within one stage, aggregated over its calls (times in microseconds)."""
 
     stage: str
     name: str
@@ -46,10 +81,23 @@ class OpRecord(Record):
     self_device_us: float
     device_total_us: float
     input_shapes: str = ""
+    kind: str = ""  # op | kernel | runtime | profiler; inferred from the name for traces recorded before it
 
 
 def _stage_group(stage: str) -> str:
     return "unet" if stage.startswith("unet_step_") else stage
+
+
+def _split_device_spans(spans: list[StageSpan]) -> tuple[list[StageSpan], list[StageSpan]]:
+    """Old CUDA profiles hold each range twice (host range, then its GPU annotation): split them apart."""
+    host, device, open_until = [], [], {}
+    for span in sorted(spans, key=lambda s: s.start_us):
+        if span.stage in open_until and span.start_us < open_until[span.stage]:
+            device.append(span)
+            continue
+        host.append(span)
+        open_until[span.stage] = span.start_us + span.duration_us
+    return host, device
 
 
 @dataclass
@@ -59,8 +107,8 @@ class ProfileResult(Record):
     model: str
     case: Case
     device: str
-    record_steps: int
-    denoising_steps: int
+    record_steps: int  # denoising steps the profiled call ran (and the trace holds)
+    denoising_steps: int  # the case's own
     wall_s: float
     spans: list[StageSpan]
     op_records: list[OpRecord]
@@ -71,6 +119,27 @@ class ProfileResult(Record):
     memory_timeline: str | None = None
     memory_snapshot: str | None = None
     notes: list[str] = field(default_factory=list)
+    device_spans: list[StageSpan] = field(default_factory=list)  # the ranges as the GPU ran them (CUDA)
+    memory_snapshot_bytes: int | None = None
+    timer_syncs: bool = True  # the stage timer synchronised at boundaries (profiles recorded before lab 0.2)
+    profiler_messages: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        on_cuda = self.device.startswith("cuda")
+        if on_cuda and not self.device_spans:
+            self.spans, self.device_spans = _split_device_spans(self.spans)
+        for r in self.op_records:
+            if not r.kind:
+                r.kind = op_kind(r.name, r.self_cpu_us, r.self_device_us, on_cuda)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the trace holds device time (a CUDA profile): op tables then rank by it."""
+        return any(r.self_device_us > 0 for r in self.op_records)
+
+    @property
+    def has_kernels(self) -> bool:
+        return any(r.kind == "kernel" for r in self.op_records)
 
     def stages(self):
         """Time per stage from the trace ranges (DataFrame; ``unet_step_*`` kept apart)."""
@@ -83,20 +152,27 @@ class ProfileResult(Record):
         frame["share"] = frame["ms"] / frame["ms"].sum()
         return frame
 
-    def ops(self, by: str = "self", stage: str | None = None, top: int | None = 20):
-        """Op table sorted by self or total CPU time (device time on CUDA).
+    def _records(self, kind: str, stage: str | None) -> list[OpRecord]:
+        return [r for r in self.op_records
+                if r.kind == kind and (stage is None or stage in (r.stage, _stage_group(r.stage)))]
+
+    def _span_us(self, stage: str | None) -> float:
+        return sum(s.duration_us for s in self.spans if stage is None or stage in (s.stage, _stage_group(s.stage)))
+
+    def ops(self, by: str = "self", stage: str | None = None, top: int | None = 20, full: bool = False):
+        """Op table (framework ops only), sorted by self or total time: device time on CUDA, CPU time otherwise.
 
         Args:
             stage: a stage (``text_encoder``, ``unet_step_0``, ``vae_decode``, ``other``), or
                 ``unet`` for all recorded denoising steps; None for the whole trace.
+            full: every column in microseconds with input shapes; by default a narrow table in ms.
         """
         import pandas as pd
 
         from ._checks import choose
 
         choose("sort key", by, ("self", "total"))
-        records = [r for r in self.op_records if stage is None or stage in (r.stage, _stage_group(r.stage))]
-        frame = pd.DataFrame([r.to_dict() for r in records])
+        frame = pd.DataFrame([r.to_dict() for r in self._records("op", stage)])
         if frame.empty:
             return frame
         shapes = frame.groupby("name")["input_shapes"].agg(lambda s: max(s, key=len))
@@ -104,14 +180,60 @@ class ProfileResult(Record):
             calls=("calls", "sum"), self_cpu_us=("self_cpu_us", "sum"), cpu_total_us=("cpu_total_us", "sum"),
             self_device_us=("self_device_us", "sum"), device_total_us=("device_total_us", "sum"),
         )
-        frame["input_shapes"] = shapes
-        span_us = sum(s.duration_us for s in self.spans if stage is None or stage in (s.stage, _stage_group(s.stage)))
-        on_device = frame["self_device_us"].sum() > 0
-        self_col = "self_device_us" if on_device else "self_cpu_us"
-        total_col = "device_total_us" if on_device else "cpu_total_us"
+        frame["input_shapes"] = shapes.map(lambda s: " ".join(str(s).split()))
+        span_us = self._span_us(stage)
+        self_col, total_col = (("self_device_us", "device_total_us") if self.on_device
+                               else ("self_cpu_us", "cpu_total_us"))
         frame["stage_share"] = frame[self_col] / span_us if span_us else float("nan")
         frame = frame.sort_values(self_col if by == "self" else total_col, ascending=False)
-        return frame.head(top) if top else frame
+        frame = frame.head(top) if top else frame
+        if full:
+            return frame
+        where = "device" if self.on_device else "cpu"
+        narrow = pd.DataFrame({"calls": frame["calls"], f"self_{where}_ms": frame[self_col] / 1e3,
+                               f"total_{where}_ms": frame[total_col] / 1e3,
+                               "share_%": 100 * frame["stage_share"]}, index=frame.index)
+        return narrow.round(3)
+
+    def kernels(self, stage: str | None = None, top: int | None = 20, full: bool = False):
+        """GPU kernels by device time under short names (``full``: with the original names); empty on CPU."""
+        import pandas as pd
+
+        records = self._records("kernel", stage)
+        if not records:
+            return pd.DataFrame(columns=["calls", "device_ms", "share_%", "variants"])
+        frame = pd.DataFrame([{"kernel": short_kernel_name(r.name), "name": r.name, "calls": r.calls,
+                               "device_us": r.self_device_us} for r in records])
+        span_us = self._span_us(stage)
+        out = frame.groupby("kernel").agg(calls=("calls", "sum"), device_us=("device_us", "sum"),
+                                          variants=("name", "nunique"))
+        out["device_ms"] = out.pop("device_us") / 1e3
+        out["share_%"] = 100 * out["device_ms"] * 1e3 / span_us if span_us else float("nan")
+        if full:
+            out["names"] = frame.groupby("kernel")["name"].agg(lambda s: sorted(set(s)))
+        out = out.sort_values("device_ms", ascending=False)
+        out = out.head(top) if top else out
+        return out[["calls", "device_ms", "share_%", "variants"] + (["names"] if full else [])].round(3)
+
+    def device_busy(self) -> dict[str, float]:
+        """Per recorded stage: kernel time ÷ host wall time of the stage (CUDA; < 1 means the GPU idled)."""
+        busy: dict[str, float] = defaultdict(float)
+        for r in self.op_records:
+            if r.kind == "kernel":
+                busy[r.stage] += r.self_device_us
+        wall: dict[str, float] = defaultdict(float)
+        for span in self.spans:
+            wall[span.stage] += span.duration_us
+        return {stage: busy.get(stage, 0.0) / us for stage, us in wall.items() if us > 0}
+
+    def syncs(self) -> dict[str, int]:
+        """Per stage: host-device synchronisations the pipeline made (the stage timer's own excluded)."""
+        ignored = ("cudaDeviceSynchronize",) if self.timer_syncs else ()  # torch.cuda.synchronize: the timer's
+        out: dict[str, int] = defaultdict(int)
+        for r in self.op_records:
+            if r.kind == "runtime" and r.name in SYNC_CALLS and r.name not in ignored:
+                out[r.stage] += r.calls
+        return dict(out)
 
     def export_chrome_trace(self, path: str | os.PathLike) -> Path:
         """Write the trace for Perfetto / chrome://tracing, gzipped when ``path`` ends in ``.gz``."""
@@ -134,21 +256,31 @@ class ProfileResult(Record):
                 + self.stages().round(3).to_markdown())
 
 
-def _op_records(events, spans: list[StageSpan], record_shapes: bool) -> list[OpRecord]:
-    ordered = sorted(spans, key=lambda s: s.start_us)
+def _op_records(events, spans: list[StageSpan], device_spans: list[StageSpan], record_shapes: bool,
+                on_cuda: bool) -> list[OpRecord]:
+    from torch.autograd import DeviceType
+
+    host = sorted(spans, key=lambda s: s.start_us)
+    device = sorted(device_spans, key=lambda s: s.start_us) or host
     acc: dict[tuple[str, str], dict] = {}
     for e in events:
-        if e.name.startswith(RANGE_PREFIX) or e.name.startswith(("ProfilerStep", "[")):
+        if e.name.startswith(RANGE_PREFIX):
             continue
+        on_device = e.device_type != DeviceType.CPU
         start = e.time_range.start
-        stage = next((s.stage for s in ordered if s.start_us <= start < s.start_us + s.duration_us), "other")
+        # kernels run after their launch: place them by the ranges as the GPU ran them
+        stage = next((s.stage for s in (device if on_device else host)
+                      if s.start_us <= start < s.start_us + s.duration_us), "other")
+        self_dev, total_dev = getattr(e, "self_device_time_total", 0.0), getattr(e, "device_time_total", 0.0)
+        kind = "kernel" if on_device else op_kind(e.name, e.self_cpu_time_total, 0.0, on_cuda)
         rec = acc.setdefault((stage, e.name), {"calls": 0, "self_cpu_us": 0.0, "cpu_total_us": 0.0,
-                                               "self_device_us": 0.0, "device_total_us": 0.0, "input_shapes": ""})
+                                               "self_device_us": 0.0, "device_total_us": 0.0, "input_shapes": "",
+                                               "kind": kind})
         rec["calls"] += 1
-        rec["self_cpu_us"] += e.self_cpu_time_total
-        rec["cpu_total_us"] += e.cpu_time_total
-        rec["self_device_us"] += getattr(e, "self_device_time_total", 0.0)
-        rec["device_total_us"] += getattr(e, "device_time_total", 0.0)
+        rec["self_cpu_us"] += 0.0 if on_device else e.self_cpu_time_total
+        rec["cpu_total_us"] += 0.0 if on_device else e.cpu_time_total
+        rec["self_device_us"] += self_dev
+        rec["device_total_us"] += total_dev
         if record_shapes and not rec["input_shapes"] and e.input_shapes:
             rec["input_shapes"] = str(e.input_shapes)
     return [OpRecord(stage=stage, name=name, **rec) for (stage, name), rec in acc.items()]
@@ -166,91 +298,109 @@ def profile(
     warmup: int = 1,
     run_name: str | None = None,
     monitor=None,
+    memory_snapshot: bool = False,
+    snapshot_max_entries: int = 10_000,
 ) -> ProfileResult:
-    """Profile one call of ``case`` after ``warmup`` calls; write the trace and a TensorBoard run.
+    """Profile one call of ``case`` (run for ``record_steps`` denoising steps) after ``warmup`` calls.
 
     Args:
-        record_steps: denoising steps kept in the trace (1 .. ``case.steps``).
+        record_steps: denoising steps of the profiled call (1 .. ``case.steps``): every step costs the same,
+            so a few steps show the loop while bounding the trace.
         out_dir: gets ``tensorboard/<run_name>/*.pt.trace.json`` (open with ``tensorboard
-            --logdir out_dir/tensorboard``), the memory timeline (with ``with_stack``) and, on CUDA,
-            a memory snapshot.
+            --logdir out_dir/tensorboard``), the memory timeline (with ``with_stack``) and, when asked, a
+            CUDA memory snapshot.
         monitor: a ``ResourceMonitor`` to run during the profiled call.
+        memory_snapshot: on CUDA, also write ``memory_snapshot.json`` (allocator history with Python
+            stacks, at most ``snapshot_max_entries`` events; its size is reported). Off by default: with
+            C++ stacks and 100 000 entries it reached 235 MB for 4 steps of sd15 at 512².
     """
     import torch
-    from torch.profiler import ProfilerActivity, tensorboard_trace_handler
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerAction, ProfilerActivity, tensorboard_trace_handler
 
+    from ._quiet import captured_stderr
     from .timing import StageTimer
 
     positive_int("record_steps", record_steps)
     positive_int("warmup", warmup, minimum=0)
+    positive_int("snapshot_max_entries", snapshot_max_entries)
     if record_steps > case.steps:
         raise LabError(f"record_steps={record_steps} is more than the case's {case.steps} denoising steps; "
                        f"choose 1..{case.steps}")
     out = writable_dir(out_dir)
     device = str(pipe.device)
+    on_cuda = device.startswith("cuda")
     model = getattr(pipe, "lab_model", type(pipe).__name__)
     run_name = run_name or f"{Path(model).name}-{case.name}"
-    kwargs = case.pipeline_kwargs()
+    kwargs = case.with_overrides(steps=record_steps).pipeline_kwargs()
     for _ in range(warmup):
         pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **kwargs)
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     notes: list[str] = []
-    snapshot_path = None
-    if device.startswith("cuda"):
-        torch.cuda.memory._record_memory_history(max_entries=100_000)
-
-    prof = torch.profiler.profile(activities=activities, record_shapes=record_shapes,
-                                  profile_memory=profile_memory, with_stack=with_stack)
-
-    def listener(event: str, stage: str) -> None:
-        # pause after the last recorded step, resume for the VAE decode
-        if event == "end" and stage == f"unet_step_{record_steps - 1}":
-            prof.toggle_collection_dynamic(False, activities)
-        elif event == "begin" and stage == "vae_decode":
-            prof.toggle_collection_dynamic(True, activities)
-
-    with StageTimer(pipe, device=device, ranges=True, listener=listener) as timer:
-        if monitor is not None:
-            monitor.start()
-        try:
-            with prof:
-                start = time.perf_counter()
-                _, times = timer.measure(pipe, generator=torch.Generator("cpu").manual_seed(case.seed), **kwargs)
-                wall = time.perf_counter() - start
-        finally:
-            if monitor is not None:
-                monitor.stop()
-
-    if device.startswith("cuda"):
-        snapshot_path = out / "memory_snapshot.json"
-        snapshot_path.write_text(json.dumps(torch.cuda.memory._snapshot()))
-        torch.cuda.memory._record_memory_history(enabled=None)
-        notes.append("memory_snapshot.json is torch.cuda.memory._snapshot() as JSON (lab writes no pickle).")
-
+    messages: list[str] = []
+    snapshot_path = snapshot_bytes = None
     tb_dir = out / "tensorboard"
     run_dir = tb_dir / run_name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # one trace per run folder, so TensorBoard shows this call only
-    tensorboard_trace_handler(str(run_dir), worker_name=run_name)(prof)
+    with captured_stderr(messages):
+        if on_cuda and memory_snapshot:
+            torch.cuda.memory._record_memory_history(max_entries=snapshot_max_entries, stacks="python")
+        # A schedule that always records: torch.profiler writes ProfilerStep#N markers only when given one.
+        prof = torch.profiler.profile(activities=activities, record_shapes=record_shapes,
+                                      profile_memory=profile_memory, with_stack=with_stack,
+                                      schedule=lambda step: ProfilerAction.RECORD)
+
+        def listener(event: str, stage: str) -> None:
+            # ProfilerStep#0 is prompt encoding; each denoising step and the VAE decode open the next one
+            if event == "begin" and (stage.startswith("unet_step_") or stage == "vae_decode"):
+                prof.step()
+
+        with StageTimer(pipe, device=device, ranges=True, listener=listener, sync=False) as timer:
+            if monitor is not None:
+                monitor.start()
+            try:
+                with prof:
+                    start = time.perf_counter()
+                    _, times = timer.measure(pipe, generator=torch.Generator("cpu").manual_seed(case.seed), **kwargs)
+                    wall = time.perf_counter() - start
+            finally:
+                if monitor is not None:
+                    monitor.stop()
+        if on_cuda and memory_snapshot:
+            snapshot_path = out / "memory_snapshot.json"
+            snapshot_path.write_text(json.dumps(torch.cuda.memory._snapshot()))
+            torch.cuda.memory._record_memory_history(enabled=None)
+            snapshot_bytes = snapshot_path.stat().st_size
+            notes.append(f"memory_snapshot.json: torch.cuda.memory._snapshot() as JSON (no pickle), at most "
+                         f"{snapshot_max_entries} allocator events with Python stacks, "
+                         f"{snapshot_bytes / 1e6:.1f} MB")
+        tensorboard_trace_handler(str(run_dir), worker_name=run_name)(prof)
+        events = prof.events()
+        timeline_path = None
+        if profile_memory and with_stack and record_shapes:
+            timeline_path = out / "memory_timeline.html"
+            prof.export_memory_timeline(str(timeline_path), device="cuda:0" if on_cuda else "cpu")
     trace_path = next(run_dir.glob("*.pt.trace.json"))
-
-    events = prof.events()
-    spans = [StageSpan(e.name[len(RANGE_PREFIX):], e.time_range.start, e.time_range.end - e.time_range.start)
-             for e in events if e.name.startswith(RANGE_PREFIX)]
-    timeline_path = None
-    if profile_memory and with_stack and record_shapes:
-        timeline_path = out / "memory_timeline.html"
-        prof.export_memory_timeline(str(timeline_path), device="cuda:0" if device.startswith("cuda") else "cpu")
-    elif profile_memory:
+    if profile_memory and not timeline_path:
         notes.append("no memory timeline: torch's export_memory_timeline needs with_stack=True and record_shapes=True")
+    if messages:
+        notes.append(f"{len(messages)} profiler message(s) kept off the screen: see profiler_messages")
 
+    def span(e) -> StageSpan:
+        return StageSpan(e.name[len(RANGE_PREFIX):], e.time_range.start, e.time_range.end - e.time_range.start)
+
+    ranges = [e for e in events if e.name.startswith(RANGE_PREFIX)]
+    spans = [span(e) for e in ranges if e.device_type == DeviceType.CPU]
+    device_spans = [span(e) for e in ranges if e.device_type != DeviceType.CPU]
     return ProfileResult(
-        model=model, case=case, device=device, record_steps=record_steps, denoising_steps=len(times.unet_steps),
-        wall_s=wall, spans=spans, op_records=_op_records(events, spans, record_shapes),
+        model=model, case=case, device=device, record_steps=len(times.unet_steps), denoising_steps=case.steps,
+        wall_s=wall, spans=spans, op_records=_op_records(events, spans, device_spans, record_shapes, on_cuda),
         trace_path=str(trace_path), tensorboard_dir=str(tb_dir), trace_bytes=trace_path.stat().st_size,
         env=Environment.capture(device), memory_timeline=str(timeline_path) if timeline_path else None,
-        memory_snapshot=str(snapshot_path) if snapshot_path else None, notes=notes,
+        memory_snapshot=str(snapshot_path) if snapshot_path else None, notes=notes, device_spans=device_spans,
+        memory_snapshot_bytes=snapshot_bytes, timer_syncs=False, profiler_messages=messages,
     )
 
 
@@ -278,9 +428,11 @@ def _stage_ms(prof: ProfileResult) -> dict[str, float]:
 
 
 def _op_ms(prof: ProfileResult) -> dict[str, float]:
-    on_device = any(r.self_device_us > 0 for r in prof.op_records)
+    on_device = prof.on_device
     out: dict[str, float] = defaultdict(float)
     for r in prof.op_records:
+        if r.kind != "op":
+            continue
         us = r.self_device_us if on_device else r.self_cpu_us
         out[r.name] += us / 1e3 / (prof.record_steps if r.stage.startswith("unet_step_") else 1)
     return dict(out)

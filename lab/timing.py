@@ -51,12 +51,16 @@ class StageTimer:
         device: device whose queue is synchronised before every clock read.
         listener: called as ``listener("begin" | "end", stage)`` at every stage boundary (after
             a stage's range closes, before the next opens): FLOP counters and profilers hook in here.
+        sync: synchronise the device at every stage boundary (honest per-stage wall times on a GPU). The
+            profiler turns it off: the trace has the device's own timing, and a sync per boundary would both
+            idle the GPU and show up as synchronisations the pipeline never makes.
     """
 
     pipe: Any
     device: str = "cpu"
     ranges: bool = False
     listener: Callable[[str, str], None] | None = None
+    sync: bool = True
     _handles: list = field(default_factory=list, repr=False)
     _open: dict = field(default_factory=dict, repr=False)
     _acc: dict = field(default_factory=dict, repr=False)
@@ -65,7 +69,8 @@ class StageTimer:
 
     # -- stage bookkeeping -------------------------------------------------------------------
     def _begin(self, stage: str) -> None:
-        synchronize(self.device)
+        if self.sync:
+            synchronize(self.device)
         if self.listener is not None:
             self.listener("begin", stage)
         rf = None
@@ -77,7 +82,8 @@ class StageTimer:
         self._open[stage] = (time.perf_counter(), rf)
 
     def _end(self, stage: str) -> float:
-        synchronize(self.device)
+        if self.sync:
+            synchronize(self.device)
         start, rf = self._open.pop(stage)
         elapsed = time.perf_counter() - start
         if rf is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import lab
+import lab.ladder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,19 +19,34 @@ def test_ladder_smoke(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/ladder.py", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "ladder.json").read_text())
-    rungs = result["rungs"]
-    assert len(rungs) in (9, 10) and rungs[0]["recipe"] == "fp32" and rungs[0]["ratio"] == 1.0
+    result = lab.ladder.LadderResult.load(tmp_path / "ladder.json")
+    rungs = result.rungs
+    assert len(rungs) in (9, 10) and rungs[0].recipe == "fp32" and rungs[0].speedup == 1.0
     # the last row is fewer steps on the fastest cumulative rung (a row of its own unless that is the quanto rung)
-    fastest = min((r for r in rungs[:7] if r["status"] == "ok"), key=lambda r: r["latency_s"])
-    assert rungs[-1]["recipe"] == fastest["recipe"] + "+dpmpp-2m-karras+steps-1"
-    assert ("(fastest rung)" in rungs[-1]["rung"]) == (len(rungs) == 10)
-    assert result["model"] == "tiny" and result["steps"] == 2 and result["repeats"] == 1
-    ok = [r for r in rungs if r["status"] == "ok"]
-    assert len(ok) >= 7, [(r["rung"], r["status"], r["error"]) for r in rungs]
-    assert all(r["unet_tflops"] > 0 and 0 < r["utilisation_pct"] < 100 for r in ok)
-    assert "| rung |" in out.stdout and (tmp_path / "ladder.md").exists()
-    assert result["env"]["packages"]["torch"]
+    fastest = min((r for r in rungs[:7] if r.status == "ok"), key=lambda r: r.latency_s)
+    assert rungs[-1].recipe == fastest.recipe + "+dpmpp-2m-karras+steps-1"
+    assert ("(fastest rung)" in rungs[-1].label) == (len(rungs) == 10)
+    assert result.model == "tiny" and result.steps == 2 and result.repeats == 1 and result.ssim_meaningful
+    ok = [r for r in rungs if r.status == "ok"]
+    assert len(ok) >= 7, [(r.label, r.status, r.error) for r in rungs]
+    # utilisation is a share of the measured peak, or None (flagged in the notes) when a rung beats the peak
+    assert all(r.unet_tflops > 0 and (r.utilisation_pct is None or 0 < r.utilisation_pct <= 100) for r in ok)
+    assert all(r.utilisation_pct is not None for r in ok) or any("peak unreliable" in n for n in result.notes)
+    assert ok[0].fidelity_cosine == pytest.approx(1.0)  # fp32 against itself
+    assert all(0.9 < r.fidelity_cosine <= 1.0 + 1e-9 for r in ok if not r.fewer_steps)
+    assert "| rung" in out.stdout and (tmp_path / "ladder.md").exists()
+    assert result.env["packages"]["torch"]
+
+
+def test_ladder_rungs_on_cuda_use_cuda_graphs_and_skip_fused_qkv_with_quanto_activations():
+    ladder = dict(lab.ladder.rungs("fp16", 30, "compile-unet-reduce-overhead", fp8=True))
+    assert ladder["+ compile"] == "fp16+sdpa+channels-last+compile-unet-reduce-overhead"
+    assert ladder["float8 (torchao) on the compile rung, bf16"] == \
+        "bf16+sdpa+channels-last+compile-unet-reduce-overhead+torchao-fp8dq"
+    w8a8 = ladder["int8 weights + activations (no fused QKV)"]
+    assert "fused-qkv" not in w8a8 and "quanto-unet-int8w-int8a" in w8a8
+    for recipe in ladder.values():
+        lab.recipes.parse(recipe)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ def test_recommender_walks_the_decision_tree():
     assert "quanto-unet-int4w" in small.recipe and "model-cpu-offload" in small.recipe
     assert any("consumer" in r for r in small.reasons)
     big = recommend(GPU_BIG, "speed")
-    assert "compile-unet-max-autotune" in big.recipe and "quanto" not in big.recipe
+    assert "compile-unet-reduce-overhead" in big.recipe and "quanto" not in big.recipe and "autotune" not in big.recipe
     cpu = recommend(CPU_AMX, "quality")
     assert cpu.recipe.startswith("bf16") and "compile" not in cpu.recipe and "steps" not in cpu.recipe
     assert "steps-12" in recommend(CPU_AMX, "speed").recipe

@@ -1,0 +1,213 @@
+"""The performance ladder: cumulative recipes on one case, each rung against fp32 and the hardware limit.
+
+Each rung adds one technique to the previous rung: fp32 → fp16 on CUDA (bf16 on CPU) → SDPA →
+channels-last → compile → fused QKV → quanto int8 weights → int8 weights + activations (without fused QKV,
+which quanto's activations cannot split) → fewer steps with a better scheduler; then the same fewer steps
+on the fastest rung before it (the cumulative last rung inherits every rung that lost time). On CUDA the
+compile rung is CUDA graphs (``compile-unet-reduce-overhead``: the eager UNet is launch-bound there) and,
+where torchao and an sm89+ GPU allow, a float8 rung follows it; on CPU it freezes the weights into the
+graph (``compile-unet-frozen``). Per rung: latency, speed-up over fp32, UNet ms per step, achieved TFLOP/s
+and utilisation against the measured matmul peak in the rung's dtype (never above 100 %: flagged instead),
+peak memory, SSIM against the fp32 image (meaningful on a trained model only) and the first-step fidelity
+against fp32 (meaningful everywhere; ``lab.fidelity``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cases import Case
+from .flops import Peak, utilisation
+from .results import Record
+
+CASE = Case("a photo of an astronaut riding a horse on mars", name="astronaut")
+
+
+def fewer(steps: int) -> int:
+    """The step count of the ladder's fewer-steps rungs."""
+    return max(1, steps // 2)
+
+
+def fewer_steps(recipe: str, steps: int) -> str:
+    """``recipe`` with the ladder's fewer-steps rung added."""
+    return f"{recipe}+dpmpp-2m-karras+steps-{fewer(steps)}"
+
+
+def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet", fp8: bool = False) -> list[tuple[str, str]]:
+    """(label, cumulative recipe string) per rung."""
+    parts: list[str] = []
+    out = [("fp32", "fp32")]
+    compiled = ""
+    for label, add in ((precision, precision), ("+ SDPA", "sdpa"), ("+ channels-last", "channels-last"),
+                       ("+ compile", compile_recipe), ("+ fused QKV", "fused-qkv"),
+                       ("+ quanto int8 weights", "quanto-unet-int8w")):
+        parts.append(add)
+        out.append((label, "+".join(parts)))
+        if add == compile_recipe:
+            compiled = "+".join(parts)
+            if fp8:  # float8 tensor cores need bf16 activations with per-row scales
+                out.append(("float8 (torchao) on the compile rung, bf16",
+                            compiled.replace(precision, "bf16", 1) + "+torchao-fp8dq"))
+    w8a8 = [p if p != "quanto-unet-int8w" else "quanto-unet-int8w-int8a" for p in parts if p != "fused-qkv"]
+    out.append(("int8 weights + activations (no fused QKV)", "+".join(w8a8)))
+    out.append((f"+ DPM-Solver++ Karras, {fewer(steps)} steps", fewer_steps("+".join(parts), steps)))
+    return out
+
+
+@dataclass
+class Rung(Record):
+    label: str
+    recipe: str
+    status: str
+    error: str | None = None
+    latency_s: float | None = None
+    speedup: float | None = None  # fp32 latency ÷ this rung's
+    first_call_s: float | None = None
+    unet_ms_per_step: float | None = None
+    unet_tflops: float | None = None
+    utilisation_pct: float | None = None  # None: not ok, or above the measured peak (flagged)
+    peak_dtype: str | None = None
+    peak_mem_mb: float | None = None
+    ssim: float | None = None
+    fidelity_cosine: float | None = None
+    fidelity_rel_error: float | None = None
+    fewer_steps: bool = False
+
+
+@dataclass
+class LadderResult(Record):
+    """Every rung of a ladder, with the peaks, the case and the environment it ran in."""
+
+    model: str
+    size: int
+    steps: int
+    repeats: int
+    batch: int
+    unet_step_flops: int
+    peaks: dict[str, Peak]
+    rungs: list[Rung]
+    out: str
+    env: dict = field(default_factory=dict)
+    ssim_meaningful: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def best(self, fewer_steps: bool = False) -> Rung | None:
+        """The fastest rung that ran (with or without the fewer-steps rungs)."""
+        ok = [r for r in self.rungs if r.status == "ok" and (fewer_steps or not r.fewer_steps)]
+        return min(ok, key=lambda r: r.latency_s) if ok else None
+
+    def to_frame(self):
+        import pandas as pd
+
+        cols = ["rung", "latency_s", "speedup", "unet_ms_per_step", "unet_tflops", "utilisation_pct",
+                "peak_mem_mb", "ssim", "fidelity_cosine", "status"]
+        rows = [{"rung": r.label, **{c: getattr(r, c) for c in cols[1:]}} for r in self.rungs]
+        frame = pd.DataFrame(rows, columns=cols).set_index("rung")
+        if not self.ssim_meaningful:
+            frame = frame.drop(columns="ssim")
+        return frame
+
+    def to_markdown(self) -> str:
+        frame = self.to_frame().round(3)
+        for r in self.rungs:  # say why a rung has no numbers
+            if r.status != "ok":
+                frame.loc[r.label, "status"] = f"{r.status}: {(r.error or '')[:80]}"
+        peaks = ", ".join(f"{k} {v.flops_per_s / 1e12:.3g} TFLOP/s (n={v.size})" for k, v in self.peaks.items())
+        text = (frame.to_markdown() + f"\n\n{self.model}, {self.size}², {self.steps} steps, batch {self.batch} (CFG), "
+                f"median of {self.repeats} after 1 warm-up; UNet {self.unet_step_flops / 1e12:.3f} TFLOP per step; "
+                f"measured peaks: {peaks}; {self.env.get('device_name', '')}, torch "
+                f"{self.env.get('packages', {}).get('torch', '')}, commit {self.env.get('git_commit', '')}")
+        return text + "".join(f"\n\n{n}" for n in self.notes)
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+
+def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, repeats: int = 3,
+               device: str = "auto", out: str | os.PathLike | None = None, smoke: bool = False,
+               progress: bool = True) -> LadderResult:
+    """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
+
+    Args:
+        smoke: tiny, 1 repeat, 2 steps and regional compile (what CI runs: cold whole-UNet compiles cost minutes).
+    """
+    import json
+
+    from .env import RecipeEnv
+    from .experiments import compare
+    from .flops import measure_peak, unet_step_flops
+    from .models import EMBEDDED, build_embedded, load_model
+
+    if smoke:
+        model, size, steps, repeats = "tiny", 64, 2, 1
+    out = Path(out or Path("runs") / f"ladder-{Path(model).name}-{size}")
+    env = RecipeEnv.detect(device)
+    precision = "fp16" if env.cuda else "bf16"
+    compile_recipe = ("compile-unet-regional" if smoke else "compile-unet-reduce-overhead" if env.cuda
+                      else "compile-unet-frozen")
+    fp8 = env.cuda and not smoke and "torchao" in env.packages and (env.cuda_capability or (0, 0)) >= (8, 9)
+    ladder = rungs(precision, steps, compile_recipe, fp8=fp8)
+    case = CASE.with_overrides(steps=steps, height=size, width=size)
+
+    def run():
+        return compare(model, [recipe for _, recipe in ladder], [case], repeats=repeats, warmup=1, out=out,
+                       device=env.device, progress=progress)
+
+    cmp = run()
+    timed = [(cmp.record(recipe, case.name), label) for label, recipe in ladder[:-2]]
+    fastest = min(((r, label) for r, label in timed if r.status == "ok"), key=lambda pair: pair[0].latency.median,
+                  default=None)
+    if fastest and fewer_steps(fastest[0].recipe, steps) != ladder[-1][1]:  # else it is the cumulative rung
+        ladder.append((f"{fastest[1]} (fastest rung) + DPM-Solver++ Karras, {fewer(steps)} steps",
+                       fewer_steps(fastest[0].recipe, steps)))
+        cmp = run()  # the runner resumes from results.jsonl: only the new rung runs
+
+    # FLOPs are counted on the meta device: no weights needed
+    pipe = build_embedded(model, empty=True) if model in EMBEDDED else load_model(model, device="cpu")
+    batch = 2 if case.guidance > 1 else 1
+    step_flops = unet_step_flops(pipe, size, size, batch)["total"]
+    del pipe
+    dtypes = ["fp32", precision] + (["bf16", "fp8"] if fp8 else [])
+    peaks = {dt: measure_peak(env.device, dt) for dt in dict.fromkeys(dtypes)}
+    fp32 = cmp.record("fp32", case.name)
+    frame = cmp.to_frame()
+    result_rungs, over = [], []
+    for label, recipe in ladder:
+        rec = cmp.record(recipe, case.name)
+        rung = Rung(label=label, recipe=recipe, status=rec.status, error=rec.error,
+                    fewer_steps="steps-" in recipe)
+        if rec.status == "ok":
+            dtype = "fp8" if "torchao-fp8dq" in recipe else "fp32" if recipe == "fp32" else \
+                "bf16" if recipe.startswith("bf16") else precision
+            peak = peaks[dtype]
+            unet_s = rec.stages.unet_per_step
+            achieved = step_flops / unet_s
+            rung.latency_s, rung.first_call_s = rec.latency.median, rec.first_call_s
+            rung.speedup = fp32.latency.median / rec.latency.median if fp32.status == "ok" else None
+            rung.unet_ms_per_step, rung.unet_tflops = unet_s * 1e3, achieved / 1e12
+            rung.utilisation_pct, rung.peak_dtype = utilisation(achieved, peak), dtype
+            if rung.utilisation_pct is None:
+                over.append(label)
+            rung.peak_mem_mb = float(frame.loc[recipe, "peak_mem_mb"])
+            rung.ssim = rec.ssim
+            if rec.fidelity is not None:
+                rung.fidelity_cosine, rung.fidelity_rel_error = rec.fidelity.cosine, rec.fidelity.rel_error
+        result_rungs.append(rung)
+    notes = []
+    random_weights = model in EMBEDDED and not EMBEDDED[model].trained
+    if random_weights:
+        notes.append(f"{model} has random weights: image SSIM against fp32 says nothing about a recipe (the "
+                     "trajectories diverge), so it is left out; fidelity_cosine compares the first denoising "
+                     "step's update with fp32's on identical inputs instead")
+    if over:
+        notes.append(f"peak unreliable: {', '.join(over)} achieved more than the measured peak; no utilisation "
+                     "is reported for them")
+    result = LadderResult(model=model, size=size, steps=steps, repeats=repeats, batch=batch,
+                          unet_step_flops=step_flops, peaks=peaks, rungs=result_rungs, out=str(out),
+                          env=json.loads((out / "environment.json").read_text()), ssim_meaningful=not random_weights,
+                          notes=notes)
+    result.save(out / "ladder.json")
+    (out / "ladder.md").write_text(result.to_markdown() + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,104 @@
+"""The recipe grammar: names joined by ``+``, checked for conflicts, applied in a fixed order."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .._checks import LabError
+from ..env import RecipeEnv
+from . import attention, compile, layout, memory, precision, quantization, schedulers
+from .base import Recipe
+
+# One module per family: each holds its recipes and the combinations it cannot take part in.
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory)
+ORDER = {"precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40, "scheduler": 50,
+         "steps": 55, "caching": 58, "memory": 60, "compile": 70}
+INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, Recipe]:
+    return {r.name: r for family in FAMILIES for r in family.recipes()}
+
+
+def get(name: str) -> Recipe:
+    """One recipe by name, including the parametric ``steps-<N>`` and ``guidance-<G>``."""
+    if name in _catalog():
+        return _catalog()[name]
+    if (recipe := schedulers.parametric(name)) is not None:
+        return recipe
+    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC), n=4, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise LabError(f"unknown recipe {name!r}.{hint} See lab.recipes.catalog() for all {len(_catalog())} names.")
+
+
+def names() -> list[str]:
+    return list(_catalog())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated composition of recipes, in application order."""
+
+    text: str
+    recipes: tuple[Recipe, ...]
+
+    def check(self, env: RecipeEnv) -> dict[str, str]:
+        """Recipes that cannot apply here, with the reason (empty: all can)."""
+        return {r.name: why for r in self.recipes if (why := r.check(env))}
+
+    def apply(self, pipe, cases: Sequence | None = None):
+        for recipe in self.recipes:
+            recipe.apply(pipe, cases)
+        return pipe
+
+    def case_overrides(self) -> dict[str, Any]:
+        return {k: v for r in self.recipes for k, v in r.case_overrides}
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.recipes]
+
+
+def parse(text: str) -> Plan:
+    """Parse ``"a+b+c"`` into a ``Plan``; unknown names and impossible combinations are refused."""
+    if not isinstance(text, str) or not text.strip():
+        raise LabError(f"a recipe string must be non-empty, e.g. 'bf16+sdpa', got {text!r}")
+    parts = [p.strip() for p in text.split("+")]
+    if "" in parts:
+        raise LabError(f"recipe string {text!r} has an empty part")
+    recipes = [get(p) for p in parts]
+    dupes = {p for p in parts if parts.count(p) > 1}
+    if dupes:
+        raise LabError(f"recipe string {text!r} names {sorted(dupes)} twice")
+    owner: dict[str, str] = {}
+    for rec in recipes:
+        for slot in rec.slots:
+            if slot in owner:
+                raise LabError(f"cannot combine {owner[slot]!r} and {rec.name!r}: both set {slot}")
+            owner[slot] = rec.name
+    for i, a in enumerate(recipes):
+        for b in recipes[i + 1:]:
+            if why := INCOMPATIBLE.get(frozenset((a.name, b.name))):
+                raise LabError(f"cannot combine {a.name!r} and {b.name!r}: {why}")
+    ordered = sorted(recipes, key=lambda rec: ORDER[rec.family])
+    return Plan(text=text, recipes=tuple(ordered))
+
+
+def catalog(env: RecipeEnv | None = None):
+    """All recipes as a DataFrame: name, family, description, needs, and (with ``env``) why not here."""
+    import pandas as pd
+
+    rows = [{"name": r.name, "family": r.family, "description": r.description, "needs": r.needs}
+            for r in _catalog().values()]
+    rows += [{"name": name, "family": "steps", "description": text, "needs": ""}
+             for name, text in schedulers.PARAMETRIC.items()]
+    if env is not None:
+        for row in rows:
+            recipe = _catalog().get(row["name"])
+            row["not_applicable"] = (recipe.check(env) if recipe else None) or ""
+    return pd.DataFrame(rows).set_index("name")

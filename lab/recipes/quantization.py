@@ -1,0 +1,125 @@
+"""Quantization recipes: optimum-quanto per component (weights, optionally calibrated activations), torchao
+int8 weight-only and float8 dynamic, bitsandbytes 8-/4-bit."""
+
+from __future__ import annotations
+
+from .base import COMPONENTS, Recipe, all_of, needs_capability, needs_cuda, needs_package
+
+QUANTO_WEIGHTS = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8"}
+QUANTO_ACTIVATIONS = {"int8": "qint8", "fp8": "qfloat8"}
+
+
+def _calibration_cases(pipe, cases):
+    from ..cases import load_prompts
+
+    base = list(cases) if cases else load_prompts("seed002")
+    return [c.with_overrides(steps=2) for c in base]
+
+
+def _quanto(component: str, weights: str, activations: str | None):
+    def apply(pipe, cases):
+        import optimum.quanto as q
+        import torch
+
+        names = [component] + ([f"{component}_2"] if component == "text_encoder" else [])
+        for name in names:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                q.quantize(module, weights=getattr(q, QUANTO_WEIGHTS[weights]),
+                           activations=getattr(q, QUANTO_ACTIVATIONS[activations]) if activations else None)
+        if activations:  # ranges of activations come from running the prompt set (quanto's calibration)
+            with q.Calibration(momentum=0.9), torch.no_grad():
+                for case in _calibration_cases(pipe, cases):
+                    pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs())
+        for name in names:
+            module = getattr(pipe, name, None)
+            if module is not None:
+                q.freeze(module)
+
+    return apply
+
+
+def _torchao_int8(pipe, cases):
+    import torchao.quantization as tq
+
+    config = tq.Int8WeightOnlyConfig() if hasattr(tq, "Int8WeightOnlyConfig") else tq.int8_weight_only()
+    tq.quantize_(pipe.unet, config)
+
+
+def _torchao_fp8(pipe, cases):
+    import torchao.quantization as tq
+
+    # Per-row scales for activations and weights: the float8 counterpart of diffusion-fast's int8 dynamic
+    # step, run by Hopper/Ada tensor cores through torch._scaled_mm.
+    tq.quantize_(pipe.unet, tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow()))
+
+
+def _bnb(bits: int):
+    def apply(pipe, cases):
+        import bitsandbytes as bnb
+        import torch
+
+        device = pipe.unet.device
+        for parent in list(pipe.unet.modules()):
+            for child_name, child in list(parent.named_children()):
+                if not isinstance(child, torch.nn.Linear):
+                    continue
+                bias = child.bias is not None
+                if bits == 8:
+                    new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias,
+                                              has_fp16_weights=False, threshold=6.0)
+                    new.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False,
+                                                   has_fp16_weights=False)
+                else:
+                    new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias,
+                                            compute_dtype=child.weight.dtype, quant_type="nf4")
+                    new.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+                if bias:
+                    new.bias = torch.nn.Parameter(child.bias.data.cpu(), requires_grad=False)
+                setattr(parent, child_name, new.to(device))  # moving to CUDA quantizes the weights
+
+    return apply
+
+
+def quanto_names(components=COMPONENTS, activations: bool | None = None) -> list[str]:
+    """quanto recipe names for ``components`` (short names); only with (True) or without (False) activations."""
+    acts = {None: (None, *QUANTO_ACTIVATIONS), True: tuple(QUANTO_ACTIVATIONS), False: (None,)}[activations]
+    return [f"quanto-{short}-{w}w" + (f"-{a}a" if a else "") for short in components for w in QUANTO_WEIGHTS
+            for a in acts]
+
+
+def recipes() -> list[Recipe]:
+    out: list[Recipe] = []
+    quanto_needs = needs_package("optimum.quanto", "pip install optimum-quanto")
+    for short, comp in COMPONENTS.items():
+        for w in QUANTO_WEIGHTS:
+            for a in (None, *QUANTO_ACTIVATIONS):
+                name = f"quanto-{short}-{w}w" + (f"-{a}a" if a else "")
+                acts = f", {a} activations calibrated on the prompt set" if a else ""
+                out.append(Recipe(name, f"optimum-quanto: {comp} weights {w}{acts}, frozen", "quantization",
+                                  "optimum-quanto", slots=(f"quant:{comp}",), apply_fn=_quanto(comp, w, a),
+                                  check_fn=quanto_needs))
+    torchao = needs_package("torchao", "pip install torchao")
+    out.append(Recipe("torchao-int8wo", "torchao int8 weight-only quantization of the UNet", "quantization",
+                      "torchao", slots=("quant:unet",), apply_fn=_torchao_int8, check_fn=torchao))
+    out.append(Recipe("torchao-fp8dq", "torchao float8 dynamic activations and weights (per-row scales) in the "
+                      "UNet's linear layers; pair with bf16 and compile", "quantization", "CUDA >= sm89, torchao",
+                      slots=("quant:unet",), apply_fn=_torchao_fp8,
+                      check_fn=all_of(needs_capability((8, 9), "torchao float8"), torchao)))
+    for bits in (8, 4):
+        out.append(Recipe(f"bnb-unet-{bits}bit", f"bitsandbytes {bits}-bit UNet linear layers"
+                          + (" (NF4)" if bits == 4 else " (LLM.int8)"), "quantization", "CUDA, bitsandbytes",
+                          slots=("quant:unet",), apply_fn=_bnb(bits),
+                          check_fn=all_of(needs_package("bitsandbytes", "pip install bitsandbytes"),
+                                          needs_cuda("bitsandbytes"))))
+    return out
+
+
+# quanto's quantized activations (QBytesTensor) do not split along the last dimension the way the fused
+# attention processor splits its fused projection's output: the query then keeps all three projections and
+# the reshape fails (shape '[2, -1, 8, 120]' is invalid ...). The text encoders are never fused.
+INCOMPATIBLE: dict[frozenset[str], str] = {
+    frozenset(("fused-qkv", name)): "quanto's quantized activations break the split of the fused QKV projection "
+    "(the query keeps all three projections); use fused-qkv with weight-only quantization"
+    for name in quanto_names({"unet": "unet", "vae": "vae"}, activations=True)
+}
