@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._checks import LabError
 from .cases import Case
 from .flops import Peak, utilisation
 from .results import Record
@@ -125,13 +126,24 @@ class LadderResult(Record):
         return self.to_markdown()
 
 
+def _dtype(recipe: str) -> str:
+    """The matmul dtype a rung's UNet runs in: the peak its utilisation is measured against."""
+    parts = recipe.split("+")
+    if "torchao-fp8dq" in parts:
+        return "fp8"
+    return next((p for p in parts if p in ("fp32", "fp16", "bf16")), "fp32")  # compare loads in fp32
+
+
 def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, repeats: int = 3,
                device: str = "auto", out: str | os.PathLike | None = None, smoke: bool = False,
+               plan: list[tuple[str, str]] | None = None, fewer_steps_rung: bool = True,
                progress: bool = True) -> LadderResult:
     """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
 
     Args:
         smoke: tiny, 1 repeat, 2 steps and regional compile (what CI runs: cold whole-UNet compiles cost minutes).
+        plan: (label, recipe) rungs to run instead of the standard ones (the first must be ``fp32``).
+        fewer_steps_rung: add the fewer-steps rung on the fastest rung (one more compile when that rung compiles).
     """
     import json
 
@@ -148,7 +160,10 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     compile_recipe = ("compile-unet-regional" if smoke else "compile-unet-reduce-overhead" if env.cuda
                       else "compile-unet-frozen")
     fp8 = env.cuda and not smoke and "torchao" in env.packages and (env.cuda_capability or (0, 0)) >= (8, 9)
-    ladder = rungs(precision, steps, compile_recipe, fp8=fp8)
+    ladder = list(plan) if plan else rungs(precision, steps, compile_recipe, fp8=fp8)
+    if ladder[0][1] != "fp32":
+        raise LabError(f"a ladder starts at fp32 (its baseline), not {ladder[0][1]!r}")
+    standard = plan is None
     case = CASE.with_overrides(steps=steps, height=size, width=size)
 
     def run():
@@ -156,10 +171,10 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
                        device=env.device, progress=progress)
 
     cmp = run()
-    timed = [(cmp.record(recipe, case.name), label) for label, recipe in ladder[:-2]]
+    timed = [(cmp.record(recipe, case.name), label) for label, recipe in (ladder[:-2] if standard else ladder)]
     fastest = min(((r, label) for r, label in timed if r.status == "ok"), key=lambda pair: pair[0].latency.median,
                   default=None)
-    if fastest and fewer_steps(fastest[0].recipe, steps) != ladder[-1][1]:  # else it is the cumulative rung
+    if fewer_steps_rung and fastest and fewer_steps(fastest[0].recipe, steps) not in {r for _, r in ladder}:
         ladder.append((f"{fastest[1]} (fastest rung) + DPM-Solver++ Karras, {fewer(steps)} steps",
                        fewer_steps(fastest[0].recipe, steps)))
         cmp = run()  # the runner resumes from results.jsonl: only the new rung runs
@@ -169,8 +184,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     batch = 2 if case.guidance > 1 else 1
     step_flops = unet_step_flops(pipe, size, size, batch)["total"]
     del pipe
-    dtypes = ["fp32", precision] + (["bf16", "fp8"] if fp8 else [])
-    peaks = {dt: measure_peak(env.device, dt) for dt in dict.fromkeys(dtypes)}
+    peaks = {dt: measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
     fp32 = cmp.record("fp32", case.name)
     frame = cmp.to_frame()
     result_rungs, over = [], []
@@ -179,8 +193,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
         rung = Rung(label=label, recipe=recipe, status=rec.status, error=rec.error,
                     fewer_steps="steps-" in recipe)
         if rec.status == "ok":
-            dtype = "fp8" if "torchao-fp8dq" in recipe else "fp32" if recipe == "fp32" else \
-                "bf16" if recipe.startswith("bf16") else precision
+            dtype = _dtype(recipe)
             peak = peaks[dtype]
             unet_s = rec.stages.unet_per_step
             achieved = step_flops / unet_s

@@ -79,7 +79,8 @@ def plot_utilisation(report, *, path: str | os.PathLike | None = None):
     peak = report.peak.flops_per_s / 1e9
     ax.axhline(peak, color="black", linestyle="--", label=f"measured {report.peak.dtype} matmul peak {peak:.0f}")
     for i, s in enumerate(stages):
-        ax.annotate(f"{s.utilisation_pct:.1f}%", (i, s.achieved_flops_per_s / 1e9), ha="center", va="bottom")
+        label = "above peak?" if s.utilisation_pct is None else f"{s.utilisation_pct:.1f}%"
+        ax.annotate(label, (i, s.achieved_flops_per_s / 1e9), ha="center", va="bottom")
     ax.set_ylabel("GFLOP/s")
     ax.set_title("Achieved throughput and utilisation per stage")
     ax.legend(fontsize="small")
@@ -95,6 +96,69 @@ def plot_ops(profile_result, *, stage: str | None = None, top: int = 12, path: s
     ax.set_xlabel(f"{col.replace('_ms', '').replace('_', ' ')} time (ms)")
     ax.set_title(f"Top ops by self time{f' in {stage}' if stage else ''}")
     return _save(fig, path)
+
+
+def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | None = None):
+    """An offline picture of a trace: the stages along time (host, and GPU on CUDA), then per stage the
+    time of its top kernels (CUDA) or ops (CPU). TensorBoard's profiler views need the internet; this not."""
+    import numpy as np
+
+    prof = profile_result
+    fig, (ax, bars) = _timeline_axes()
+    rows = [("host", prof.spans)] + ([("GPU", prof.device_spans)] if prof.device_spans else [])
+    t0 = min(s.start_us for _, spans in rows for s in spans) if prof.spans else 0.0
+    stages = list(dict.fromkeys(s.stage for s in prof.spans))
+    colours = {stage: f"C{i % 10}" for i, stage in enumerate(stages)}
+    for y, (label, spans) in enumerate(rows):
+        for span in spans:
+            ax.broken_barh([((span.start_us - t0) / 1e3, span.duration_us / 1e3)], (y - 0.4, 0.8),
+                           color=colours.get(span.stage, "grey"))
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.set_xlabel("ms from the start of the trace")
+    ax.set_title(f"Timeline of one call: {prof.model} ({prof.record_steps} denoising steps recorded)")
+    ax.legend(handles=[_patch(colours[s], s) for s in stages], fontsize="x-small", ncols=min(len(stages), 5),
+              loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    kind = "kernel" if prof.has_kernels else "op"
+    key = "self_device_us" if kind == "kernel" else "self_cpu_us"
+    per = {stage: {} for stage in stages}
+    for r in prof.op_records:
+        if r.kind == kind and r.stage in per:
+            name = _short(r.name, kind)
+            per[r.stage][name] = per[r.stage].get(name, 0.0) + getattr(r, key) / 1e3
+    totals: dict[str, float] = {}
+    for values in per.values():
+        for name, ms in values.items():
+            totals[name] = totals.get(name, 0.0) + ms
+    names = sorted(totals, key=totals.get, reverse=True)[:top]
+    bottom = np.zeros(len(stages))
+    for i, name in enumerate(names + ["other"]):
+        values = np.array([per[s].get(name, 0.0) if name != "other" else
+                           sum(v for n, v in per[s].items() if n not in names) for s in stages])
+        bars.bar(range(len(stages)), values, bottom=bottom, label=name, color="lightgrey" if name == "other"
+                 else f"C{i % 10}")
+        bottom += values
+    bars.set_xticks(range(len(stages)), [s.replace("unet_step_", "step ") for s in stages], fontsize="small")
+    bars.set_ylabel(f"{'device' if kind == 'kernel' else 'CPU'} self time (ms)")
+    bars.set_title(f"Top {kind}s per stage")
+    bars.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def _timeline_axes():
+    fig, axes = _figure(figsize=(7.5, 6), nrows=2)
+    return fig, (axes[0][0], axes[1][0])
+
+
+def _patch(colour, label):
+    from matplotlib.patches import Patch
+
+    return Patch(color=colour, label=label)
+
+
+def _short(name: str, kind: str) -> str:
+    from .profiling import short_kernel_name
+
+    return short_kernel_name(name, width=32) if kind == "kernel" else name.removeprefix("aten::")
 
 
 def _ok_frame(comparison):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import lab
+import lab.gpucheck
 import lab.ladder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,3 +107,29 @@ def test_compile_freezing_ab_smoke(tmp_path):
     assert not failed, "\n\n".join(failed)
     assert all(r["latency"]["n"] == 2 and r["latency"]["median"] > 0 and r["stable"] for r in runs), runs
     assert result["environment"]["packages"]["torch"] and "| recipe" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--quiet", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    check = lab.gpucheck.GpuCheck.load(tmp_path / "gpu_check.json")
+    assert check.smoke and not check.errors, check.errors
+    assert set(check.seconds) == {"peaks", "diagnose", "ladder sd15-arch", "ladder sdxl-arch"}
+    assert {p["dtype"] for p in check.peaks} == {"fp32", "fp16", "bf16"}
+    assert all(p["measure_peak"] > 0 for p in check.peaks)
+    targets = {t.name: t for t in check.targets}
+    assert targets["highest utilisation reported anywhere (%)"].status == "met"  # never above 100 %
+    assert targets["sd15-arch best rung without fewer steps (x fp32)"].status == "not measured"  # CPU: no verdict
+    for name in ("sd15", "sdxl"):
+        ladder = lab.ladder.LadderResult.load(check.ladders[name]["json"])
+        assert ladder.rungs[0].recipe == "fp32" and all(r.status == "ok" for r in ladder.rungs)
+    assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")
+
+
+def test_gpu_check_needs_a_gpu_unless_smoke(tmp_path):
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "needs a CUDA device" in out.stderr and "--smoke" in out.stderr

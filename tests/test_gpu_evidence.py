@@ -135,3 +135,11 @@ def test_fp8_recipe_says_where_it_runs():
     assert "8.9" in fp8.check(RecipeEnv("cuda", cuda_capability=(8, 0), packages=with_ao))
     assert "torchao is not installed" in fp8.check(RecipeEnv("cuda", cuda_capability=(9, 0)))
     assert fp8.check(RecipeEnv("cuda", cuda_capability=(9, 0), packages=with_ao)) is None
+
+
+def test_tuned_compile_is_cuda_only_and_never_changes_inductor_on_cpu():
+    import torch._inductor.config as inductor
+
+    assert "CUDA" in lab.recipes.get("compile-unet-tuned").check(RecipeEnv("cpu"))
+    assert lab.recipes.get("compile-unet-tuned").check(H100) is None
+    assert inductor.coordinate_descent_tuning is False  # nothing set it in this process

@@ -49,7 +49,7 @@ def test_every_recipe_applies_to_tiny_or_says_why_not(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(COMPILE))
+@pytest.mark.parametrize("name", sorted(n for n in COMPILE if recipes.get(n).check(CPU) is None))
 def test_compile_recipes_apply_to_tiny(name):
     pipe = lab.load_pipeline("tiny", device="cpu")
     recipes.get(name).apply(pipe)

@@ -11,7 +11,11 @@ from ..env import RecipeEnv
 from .base import Recipe
 
 UNET_COMPILES = ("compile-unet", "compile-unet-reduce-overhead", "compile-unet-max-autotune", "compile-unet-frozen",
-                 "compile-unet-regional")
+                 "compile-unet-regional", "compile-unet-tuned")
+# diffusers' torch.compile guide sets these for the SD UNet: 1x1 convolutions as matmuls, coordinate-descent
+# tuning of the generated Triton kernels, no epilogue fusion (it blocks the convolution templates).
+TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                  "coordinate_descent_check_all_directions": True}
 # First-call cost measured on an H100 (sd15-arch 512², sdxl-arch 1024²; docs/benchmarks.md "GPU evidence").
 COMPILE_COST = {
     "compile-unet": "first call ~1 min on an H100 (sd15-arch)",
@@ -34,6 +38,14 @@ def _compile(component: str, mode: str | None = None, regional: bool = False, fr
     return apply
 
 
+def _compile_tuned(pipe, cases):
+    import torch._inductor.config as inductor
+
+    for key, value in TUNED_INDUCTOR.items():  # process-wide, like tf32: inductor's config is global
+        setattr(inductor, key, value)
+    pipe.unet.compile(mode="reduce-overhead")
+
+
 def _compile_check(env: RecipeEnv) -> str | None:
     import shutil
 
@@ -50,6 +62,11 @@ def recipes() -> list[Recipe]:
         out.append(Recipe(name, f"torch.compile of the UNet (mode {mode or 'default'}{cost})", "compile",
                           "a C++ compiler on CPU", slots=("compile:unet",), apply_fn=_compile("unet", mode),
                           check_fn=_compile_check))
+    out.append(Recipe("compile-unet-tuned", "torch.compile of the UNet with CUDA graphs and diffusers' inductor "
+                      "settings (1x1 convolutions as matmuls, coordinate-descent tuning, no epilogue fusion; "
+                      "process-wide); longer first call than reduce-overhead alone", "compile", "CUDA",
+                      slots=("compile:unet",), apply_fn=_compile_tuned,
+                      check_fn=lambda env: None if env.cuda else "its Triton tuning needs a CUDA device"))
     out.append(Recipe("compile-unet-frozen", "torch.compile of the UNet with its weights frozen into the graph "
                       "(prepacked for oneDNN on CPU; later weight changes are not seen)", "compile",
                       "a C++ compiler on CPU", slots=("compile:unet",), apply_fn=_compile("unet", freezing=True),

@@ -1,0 +1,198 @@
+"""One-call GPU verification: peaks, diagnosis, ladders and the targets they are held to, in one JSON + Markdown.
+
+``python benchmarks/gpu_check.py --out DIR`` on one H100/H200 (``--smoke``: a few seconds' version on CPU, for
+CI). Sections run in order and each is timed; one that fails is recorded with its error and the rest go on.
+The summary is rewritten after every section, so an interrupted check keeps what finished.
+
+Targets (issue "GPU truth"): ``measure_peak`` within 10 % of an independent 8192³ timing; no utilisation over
+100 %; on the launch-bound eager fp16 sd15-arch case ``diagnose`` names CUDA graphs first; sd15-arch 512², 30
+steps: best rung without fewer steps ≥ 5× over fp32 eager and UNet ≥ 35 % of the fp16/bf16 peak; sdxl-arch
+1024², 30 steps: ≥ 7.5× and ≥ 55 %.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from .results import Record
+
+
+@dataclass
+class Target(Record):
+    name: str
+    threshold: float
+    value: float | None = None
+    status: str = "not measured"  # met | missed | not measured
+
+    def judge(self, value: float | None, higher_is_better: bool = True) -> "Target":
+        self.value = value
+        if value is not None:
+            self.status = "met" if (value >= self.threshold if higher_is_better else value <= self.threshold) \
+                else "missed"
+        return self
+
+
+@dataclass
+class GpuCheck(Record):
+    out: str
+    smoke: bool
+    env: dict = field(default_factory=dict)
+    peaks: list[dict] = field(default_factory=list)
+    diagnosis: dict = field(default_factory=dict)
+    ladders: dict[str, dict] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        import pandas as pd
+
+        lines = [f"# GPU check{' (smoke, CPU)' if self.smoke else ''}", "",
+                 f"{self.env.get('device_name', '?')}, torch {self.env.get('packages', {}).get('torch', '?')}, "
+                 f"CUDA {self.env.get('cuda_version')}, commit {self.env.get('git_commit')}; "
+                 f"{sum(self.seconds.values()):.0f} s in all", "", "## Targets", ""]
+        lines.append(pd.DataFrame([t.to_dict() for t in self.targets]).to_markdown(index=False)
+                     if self.targets else "(none measured)")
+        if self.peaks:
+            lines += ["", "## Matmul peaks (TFLOP/s)", "", pd.DataFrame(self.peaks).round(3).to_markdown(index=False)]
+        if self.diagnosis:
+            lines += ["", "## Diagnosis (eager)", "", self.diagnosis.get("markdown", "")]
+        for name, ladder in self.ladders.items():
+            lines += ["", f"## Ladder: {name}", "", ladder.get("markdown", "")]
+        lines += ["", "## Time per section (s)", "", "\n".join(f"- {k}: {v:.1f}" for k, v in self.seconds.items())]
+        if self.errors:
+            lines += ["", "## Errors", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in self.errors.items()]
+        return "\n".join(lines) + "\n"
+
+
+def independent_matmul_tflops(device: str, dtype: str, n: int = 8192, products: int = 20) -> float:
+    """TFLOP/s of ``products`` back-to-back n³ products between two synchronisations: a plain cross-check."""
+    import torch
+
+    from .env import synchronize, torch_dtype
+
+    a = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    b = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    torch.mm(a, b)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(products):
+        torch.mm(a, b)
+    synchronize(device)
+    return 2 * n**3 * products / (time.perf_counter() - start) / 1e12
+
+
+def _best(ladder) -> tuple[float | None, float | None]:
+    best = ladder.best(fewer_steps=False)
+    return (best.speedup, best.utilisation_pct) if best else (None, None)
+
+
+def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = "auto",
+                  progress: bool = True) -> GpuCheck:
+    """Run every section (see the module docstring); writes ``gpu_check.json`` and ``gpu_check.md`` under ``out``."""
+    from ._checks import writable_dir
+    from .env import Environment, RecipeEnv
+    from .flops import measure_peak, peak_dtypes
+    from .ladder import CASE, run_ladder
+    from .workflows import diagnose_run
+
+    env = RecipeEnv.detect(device)
+    if not env.cuda and not smoke:
+        from ._checks import LabError
+
+        raise LabError(f"the GPU check needs a CUDA device (this is {env.device}); --smoke runs its CPU version")
+    out = writable_dir(out)
+    check = GpuCheck(out=str(out), smoke=smoke, env=Environment.capture(env.device).to_dict())
+    half = "fp16" if env.cuda else "bf16"  # fp16 matmuls are emulated on a CPU: the smoke would take minutes
+    targets = {t.name: t for t in (
+        Target(f"measure_peak / independent 8192³ ({half})", 0.9),
+        Target("highest utilisation reported anywhere (%)", 100.0),
+        Target("diagnose names CUDA graphs first (1 = yes)", 1.0),
+        Target("sd15-arch best rung without fewer steps (x fp32)", 5.0),
+        Target("sd15-arch UNet utilisation on that rung (%)", 35.0),
+        Target("sdxl-arch best rung (x fp32)", 7.5),
+        Target("sdxl-arch UNet utilisation on that rung (%)", 55.0),
+    )}
+    check.targets = list(targets.values())
+    utilisations: list[float] = []
+
+    def save() -> None:
+        check.save(out / "gpu_check.json")
+        (out / "gpu_check.md").write_text(check.to_markdown(), encoding="utf-8")
+
+    def section(name: str, fn) -> None:
+        start = time.perf_counter()
+        try:
+            fn()
+        except Exception as err:  # one failing section never loses the others
+            check.errors[name] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+        check.seconds[name] = time.perf_counter() - start
+        if progress:
+            print(f"[gpu check] {name}: {check.seconds[name]:.0f} s{' (failed)' if name in check.errors else ''}",
+                  flush=True)
+        save()
+
+    def peaks() -> None:
+        for dtype in peak_dtypes(env.device, env.cuda_capability):
+            peak = measure_peak(env.device, dtype, sizes=(256, 512) if smoke else None)
+            row = {"dtype": dtype, "measure_peak": peak.flops_per_s / 1e12, "size": peak.size,
+                   "products_per_sync": peak.products}
+            if dtype in ("fp16", "bf16"):
+                row["independent_8192"] = independent_matmul_tflops(env.device, dtype, n=512 if smoke else 8192,
+                                                                    products=5 if smoke else 20)
+                row["ratio"] = row["measure_peak"] / row["independent_8192"]
+            check.peaks.append(row)
+        ratio = next((r["ratio"] for r in check.peaks if r["dtype"] == half and "ratio" in r), None)
+        targets[f"measure_peak / independent 8192³ ({half})"].judge(ratio)
+
+    def diagnosis() -> None:
+        model, size, steps = ("tiny", 64, 2) if smoke else ("sd15-arch", 512, 30)
+        case = CASE.with_overrides(steps=steps, height=size, width=size)
+        run = diagnose_run(model, case, out=out / "diagnose", dtype=half, device=env.device,
+                           repeats=1 if smoke else 3, progress=progress)
+        d = run.diagnosis
+        first = d.findings[0] if d.findings else None
+        check.diagnosis = {"rules": d.rules, "first_suggestion": first.suggest[0] if first and first.suggest else None,
+                           "markdown": d.to_markdown()}
+        utilisations.extend(s.utilisation_pct for s in run.flops.stages if s.utilisation_pct is not None)
+        if env.cuda:
+            named = float(check.diagnosis["first_suggestion"] == "compile-unet-reduce-overhead")
+            targets["diagnose names CUDA graphs first (1 = yes)"].judge(named)
+
+    def ladder(name: str, model: str, size: int, speed: str, util: str, plan=None) -> None:
+        result = run_ladder(model, size=size, steps=2 if smoke else 30, repeats=1 if smoke else 3,
+                            device=env.device, out=out / f"ladder-{name}", plan=plan, fewer_steps_rung=False,
+                            progress=progress)
+        check.ladders[name] = {"markdown": result.to_markdown(), "json": str(out / f"ladder-{name}" / "ladder.json")}
+        utilisations.extend(r.utilisation_pct for r in result.rungs if r.utilisation_pct is not None)
+        if env.cuda:
+            speedup, utilisation = _best(result)
+            targets[speed].judge(speedup)
+            targets[util].judge(utilisation)
+
+    graphs = "compile-unet-reduce-overhead"
+    sd15_plan = [("fp32", "fp32"), (half, half), ("+ SDPA, channels-last", f"{half}+sdpa+channels-last"),
+                 ("+ CUDA graphs", f"{half}+sdpa+channels-last+{graphs}"),
+                 ("+ CUDA graphs, tuned inductor", f"{half}+sdpa+channels-last+compile-unet-tuned")]
+    if "torchao" in env.packages and (env.cuda_capability or (0, 0)) >= (8, 9):
+        sd15_plan.append(("bf16 + float8 (torchao) + CUDA graphs", f"bf16+sdpa+channels-last+torchao-fp8dq+{graphs}"))
+    sdxl_plan = [("fp32", "fp32"), ("bf16 + SDPA", "bf16+sdpa"),
+                 ("+ channels-last + CUDA graphs", f"bf16+sdpa+channels-last+{graphs}")]
+    # sdxl-arch gets CUDA graphs without the tuned settings: both compiles would take the check past 9 minutes
+    if smoke:  # no compile on CI's CPU: the compile recipes have their own tests
+        sd15_plan, sdxl_plan = sd15_plan[:3], sdxl_plan[:2]
+    section("peaks", peaks)
+    section("diagnose", diagnosis)
+    section("ladder sd15-arch", lambda: ladder("sd15", "tiny" if smoke else "sd15-arch", 64 if smoke else 512,
+                                                "sd15-arch best rung without fewer steps (x fp32)",
+                                                "sd15-arch UNet utilisation on that rung (%)", sd15_plan))
+    section("ladder sdxl-arch", lambda: ladder("sdxl", "tiny-sdxl" if smoke else "sdxl-arch", 64 if smoke else 1024,
+                                                "sdxl-arch best rung (x fp32)",
+                                                "sdxl-arch UNet utilisation on that rung (%)", sdxl_plan))
+    targets["highest utilisation reported anywhere (%)"].judge(max(utilisations, default=None),
+                                                               higher_is_better=False)
+    save()
+    return check
