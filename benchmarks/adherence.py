@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lab
 
-import lab  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (model, scheduler, steps, recipe)
 CONFIGS = {

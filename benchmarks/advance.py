@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pandas as pd
 
-import lab  # noqa: E402
+import lab
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     print(f"\nmean time saved {adaptive['time_saved_pct'].mean():.1f}%, mean SSIM {adaptive['ssim'].mean():.3f}, "
           f"min PSNR {adaptive['psnr'].min():.1f} dB")
 
-    case = lab.Case("a photo of an astronaut riding a horse on mars", steps=20, name="astronaut")
+    case = lab.load_prompts("seed002")[0].with_overrides(steps=20, name="astronaut")
     with tempfile.TemporaryDirectory() as tmp:
         path = lab.lora.make_lora(pipe, Path(tmp) / "lora.safetensors")
         base = lab.benchmark(lab.load_pipeline(args.model, device="cpu"), case, repeats=args.repeats, progress=False)
@@ -42,11 +42,10 @@ def main() -> None:
         unfused = lab.benchmark(lora_pipe, case, repeats=args.repeats, progress=False)
         fused = lab.benchmark(lab.lora.fuse(lora_pipe, 0.8), case, repeats=args.repeats, progress=False)
     rows = [("no LoRA", base), ("LoRA unfused", unfused), ("LoRA fused", fused)]
-    print("\n| variant | median s | IQR s | ÷ no LoRA |\n|---|---|---|---|")
     b = base.cases[0].latency.median
-    for name, res in rows:
-        lat = res.cases[0].latency
-        print(f"| {name} | {lat.median:.3f} | {lat.iqr:.3f} | {lat.median / b:.3f} |")
+    table = pd.DataFrame([{"variant": name, "median_s": res.cases[0].latency.median, "iqr_s": res.cases[0].latency.iqr,
+                           "x_no_lora": res.cases[0].latency.median / b} for name, res in rows])
+    print("\n" + table.round(3).to_markdown(index=False))
     env = base.env
     print(f"\n{args.model}, 20 steps, {args.repeats} repeats after 1 warm-up; {env.cpu_model}, "
           f"{env.torch_threads} threads, torch {env.packages['torch']}, commit {env.git_commit}")

@@ -9,22 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pandas as pd
 
-import lab  # noqa: E402
-from lab.benchmarking import timed_loop  # noqa: E402
+import lab
+from lab.benchmarking import timed_loop
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = [("tiny", 64, 8), ("sd15-arch", 256, 2)]
 
 
 def measure(model: str, size: int, steps: int, repeats: int) -> list[dict]:
     pipe = lab.load_pipeline(model, device="cpu")
-    case = lab.Case("a photo of an astronaut riding a horse on mars", steps=steps, height=size, width=size)
+    case = lab.load_prompts("seed002")[0].with_overrides(steps=steps, height=size, width=size)
     timed_loop(pipe, case, repeats=1)  # warm-up
     plains: list[float] = []
     variants = sorted({1, steps})
@@ -60,11 +60,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = lab.Environment.capture("cpu").to_dict()
     (out / "profiler_overhead.json").write_text(json.dumps({"rows": rows, "env": env}, indent=2))
-    print("| model | size | steps (timesteps) | recorded steps | unprofiled s | profiled s | overhead | trace MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['size']}² | {r['steps']} ({r['timesteps']}) | {r['record_steps']} | "
-              f"{r['plain_s']:.3f} | {r['profiled_s']:.3f} | {r['overhead_pct']:+.1f}% | {r['trace_mb']:.2f} |")
+    print(pd.DataFrame(rows).round(3).to_markdown(index=False))
     print(f"\nenvironment: {env['cpu_model']}, {env['torch_threads']} threads, torch {env['packages']['torch']}, "
           f"commit {env['git_commit']}")
 

@@ -7,13 +7,11 @@ Resumable: re-running with the same --out skips finished recipes. Prints a Markd
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lab
 
-import lab  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = [
     "fp32", "fp16", "bf16", "math-attention", "attention-slicing", "fused-qkv", "channels-last",
@@ -32,23 +30,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "runs" / "recipes_sd15"))
     args = parser.parse_args()
-    case = lab.Case("a photo of an astronaut riding a horse on mars", steps=args.steps, height=args.size,
-                    width=args.size, name="astronaut")
+    case = lab.load_prompts("seed002")[0].with_overrides(steps=args.steps, height=args.size, width=args.size)
     cmp = lab.compare(args.model, RECIPES, [case], repeats=args.repeats, warmup=1, out=args.out, device=args.device)
     frame = cmp.to_frame()
-    base = frame.loc["fp32"]
-    base_unet = cmp.record("fp32", "astronaut").weight_bytes["unet"]
-    print("| recipe | status | latency s | latency ratio (÷ fp32) | first call s | peak mem MB | mem ratio | "
-          "UNet weights ÷ fp32 | SSIM vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for recipe, row in frame.iterrows():
-        if row["ok"] == 0:
-            print(f"| {recipe} | {row['status']} | – | – | – | – | – | – | {row.get('reason', '')} |")
-            continue
-        unet = cmp.record(recipe, "astronaut").weight_bytes["unet"]
-        print(f"| {recipe} | ok | {row['latency_s']:.2f} | {row['latency_s'] / base['latency_s']:.2f} | "
-              f"{row['first_call_s']:.1f} | {row['peak_mem_mb']:.0f} | {row['peak_mem_mb'] / base['peak_mem_mb']:.2f} | "
-              f"{base_unet / unet:.2f}× smaller | {row['ssim']:.3f} |")
+    base_unet = cmp.record("fp32", case.name).weight_bytes["unet"]
+    frame["unet_weights_x_smaller"] = [base_unet / cmp.record(r, case.name).weight_bytes["unet"]
+                                       if cmp.record(r, case.name).weight_bytes else None for r in frame.index]
+    frame["mem_ratio"] = frame["peak_mem_mb"] / frame.loc["fp32", "peak_mem_mb"]
+    print(frame.round(3).to_markdown())
     env = lab.Environment.load(Path(args.out) / "environment.json")
     print(f"\n{args.model} at {args.size}², {args.steps} steps, {args.repeats} repeats after 1 warm-up; "
           f"{env.cpu_model}, {env.torch_threads} threads, torch {env.packages['torch']}, commit {env.git_commit}")

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import statistics
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
