@@ -146,7 +146,8 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
                 row["ratio"] = row["measure_peak"] / row["independent_8192"]
             check.peaks.append(row)
         ratio = next((r["ratio"] for r in check.peaks if r["dtype"] == half and "ratio" in r), None)
-        targets[f"measure_peak / independent 8192³ ({half})"].judge(ratio)
+        if env.cuda:  # the targets are a GPU's; the smoke only shows the machinery works
+            targets[f"measure_peak / independent 8192³ ({half})"].judge(ratio)
 
     def diagnosis() -> None:
         model, size, steps = ("tiny", 64, 2) if smoke else ("sd15-arch", 512, 30)

@@ -121,6 +121,7 @@ def test_gpu_check_smoke(tmp_path):
     assert all(p["measure_peak"] > 0 for p in check.peaks)
     targets = {t.name: t for t in check.targets}
     assert targets["highest utilisation reported anywhere (%)"].status == "met"  # never above 100 %
+    assert targets["measure_peak / independent 8192³ (bf16)"].status == "not measured"  # a GPU target
     assert targets["sd15-arch best rung without fewer steps (x fp32)"].status == "not measured"  # CPU: no verdict
     for name in ("sd15", "sdxl"):
         ladder = lab.ladder.LadderResult.load(check.ladders[name]["json"])
