@@ -238,7 +238,7 @@ def _profile_rules(prof, th: Thresholds, bench, out: list[Finding], skipped: dic
     if not on_cuda:
         skipped["host-device-sync, launch-bound"] = "not a CUDA profile"
         return
-    steps = max(prof.record_steps, 1)
+    steps = max(prof.unet_steps, 1)
     syncs = sum(n for stage, n in prof.syncs().items() if stage.startswith("unet_step_"))
     if syncs / steps >= th.syncs_per_step:
         out.append(_finding("host-device-sync", "medium",

@@ -115,7 +115,7 @@ def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | Non
                            color=colours.get(span.stage, "grey"))
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlabel("ms from the start of the trace")
-    ax.set_title(f"Timeline of one call: {prof.model} ({prof.record_steps} denoising steps recorded)")
+    ax.set_title(f"Timeline of one call: {prof.model} ({prof.unet_steps} denoising steps recorded)")
     ax.legend(handles=[_patch(colours[s], s) for s in stages], fontsize="x-small", ncols=min(len(stages), 5),
               loc="upper center", bbox_to_anchor=(0.5, -0.35))
     kind = "kernel" if prof.has_kernels else "op"

@@ -107,7 +107,7 @@ class ProfileResult(Record):
     model: str
     case: Case
     device: str
-    record_steps: int  # denoising steps the profiled call ran (and the trace holds)
+    record_steps: int  # denoising steps the profiled call was asked to run
     denoising_steps: int  # the case's own
     wall_s: float
     spans: list[StageSpan]
@@ -247,8 +247,13 @@ class ProfileResult(Record):
         return path
 
     @property
+    def unet_steps(self) -> int:
+        """UNet evaluations the trace holds (PNDM adds one to the steps asked for)."""
+        return len({s.stage for s in self.spans if s.stage.startswith("unet_step_")}) or self.record_steps
+
+    @property
     def trace_bytes_per_step(self) -> float:
-        return self.trace_bytes / self.record_steps
+        return self.trace_bytes / self.unet_steps
 
     def _repr_markdown_(self) -> str:
         return (f"**profile of {self.model}** ({self.case.name}, {self.record_steps} of {self.denoising_steps} "
@@ -395,7 +400,7 @@ def profile(
     spans = [span(e) for e in ranges if e.device_type == DeviceType.CPU]
     device_spans = [span(e) for e in ranges if e.device_type != DeviceType.CPU]
     return ProfileResult(
-        model=model, case=case, device=device, record_steps=len(times.unet_steps), denoising_steps=case.steps,
+        model=model, case=case, device=device, record_steps=record_steps, denoising_steps=case.steps,
         wall_s=wall, spans=spans, op_records=_op_records(events, spans, device_spans, record_shapes, on_cuda),
         trace_path=str(trace_path), tensorboard_dir=str(tb_dir), trace_bytes=trace_path.stat().st_size,
         env=Environment.capture(device), memory_timeline=str(timeline_path) if timeline_path else None,
@@ -409,7 +414,7 @@ class ProfileDiff:
     """Per-op and per-stage time deltas between two profiles (``after`` − ``before``), in ms.
 
     UNet figures are per recorded denoising step, so profiles recorded with different
-    ``record_steps`` compare fairly.
+    ``record_steps`` (or schedulers) compare fairly.
     """
 
     before: str
@@ -423,7 +428,7 @@ def _stage_ms(prof: ProfileResult) -> dict[str, float]:
     for span in prof.spans:
         out[_stage_group(span.stage)] += span.duration_us / 1e3
     if "unet" in out:
-        out["unet"] /= prof.record_steps
+        out["unet"] /= prof.unet_steps
     return dict(out)
 
 
@@ -434,7 +439,7 @@ def _op_ms(prof: ProfileResult) -> dict[str, float]:
         if r.kind != "op":
             continue
         us = r.self_device_us if on_device else r.self_cpu_us
-        out[r.name] += us / 1e3 / (prof.record_steps if r.stage.startswith("unet_step_") else 1)
+        out[r.name] += us / 1e3 / (prof.unet_steps if r.stage.startswith("unet_step_") else 1)
     return dict(out)
 
 

@@ -30,7 +30,7 @@ def test_trace_parses_and_holds_only_the_recorded_steps(result):
     trace = json.loads(open(result.trace_path).read())
     assert _range_names(trace) == RANGES  # the profiled call ran 2 of the case's 6 steps
     assert result.trace_bytes == len(open(result.trace_path, "rb").read())
-    assert result.denoising_steps == 6 and result.record_steps == 3  # PNDM: steps + 1 UNet evaluations
+    assert result.denoising_steps == 6 and result.record_steps == 2 and result.unet_steps == 3  # PNDM: + 1
 
 
 def test_steps_are_marked_for_trace_tools_with_no_gap(result):
@@ -38,7 +38,7 @@ def test_steps_are_marked_for_trace_tools_with_no_gap(result):
     steps = sorted((e for e in trace["traceEvents"] if str(e.get("name", "")).startswith("ProfilerStep#")),
                    key=lambda e: e["ts"])
     # ProfilerStep#0 is prompt encoding, then one per denoising step, then the VAE decode
-    assert [e["name"] for e in steps] == [f"ProfilerStep#{i}" for i in range(result.record_steps + 2)]
+    assert [e["name"] for e in steps] == [f"ProfilerStep#{i}" for i in range(result.unet_steps + 2)]
     for before, after in zip(steps, steps[1:]):  # back to back: no unrecorded stretch between steps
         assert after["ts"] - (before["ts"] + before["dur"]) < 0.05 * before["dur"] + 1000
     ranges = {e["name"]: e for e in trace["traceEvents"] if str(e.get("name", "")).startswith("lab:")}
@@ -50,7 +50,7 @@ def test_holistic_trace_analysis_reads_the_steps(result, tmp_path):
     hta = pytest.importorskip("hta.trace_analysis", reason="holistictraceanalysis is a test dependency")
     analysis = hta.TraceAnalysis(trace_dir=str(Path(result.trace_path).parent))
     steps = [int(s) for s in analysis.get_profiler_steps()]
-    assert steps[:result.record_steps + 1] == list(range(result.record_steps + 1))
+    assert steps[:result.unet_steps + 1] == list(range(result.unet_steps + 1))
 
 
 def test_profiler_chatter_is_kept_off_stderr(tiny_pipe, tmp_path, capfd):
