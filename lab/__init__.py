@@ -10,72 +10,35 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# public name -> defining module; resolved on first attribute access
-_API = {
-    "load_pipeline": "prepare",
-    "prepare": "prepare",
-    "Prepared": "prepare",
-    "embedded_models": "models",
-    "parameter_counts": "models",
-    "weight_bytes": "models",
-    "default_size": "models",
-    "ModelUnavailableError": "models",
-    "benchmark": "benchmarking",
-    "BenchmarkResult": "benchmarking",
-    "CaseResult": "benchmarking",
-    "Case": "cases",
-    "load_prompts": "cases",
-    "StageTimer": "timing",
-    "StageTimes": "timing",
-    "Latency": "stats",
-    "Environment": "env",
-    "LabError": "_checks",
-    "set_scheduler": "schedulers",
-    "profile": "profiling",
-    "ProfileResult": "profiling",
-    "flops_report": "flops",
-    "FlopsReport": "flops",
-    "measure_peak": "flops",
-    "ResourceMonitor": "monitor",
-    "diagnose": "diagnosis",
-    "Diagnosis": "diagnosis",
+# The public API, in one place. Core names live at ``lab.*``; each resolves to the module that defines it
+# on first access. Leaf features are reached as modules (``lab.ladder.run_ladder``, ``lab.lora.load_lora``).
+_CORE = {
+    # load and prepare
+    "load_pipeline": "prepare", "prepare": "prepare", "Prepared": "prepare", "embedded_models": "models",
+    "parameter_counts": "models", "weight_bytes": "models", "default_size": "models",
+    "ModelUnavailableError": "models", "LabError": "_checks", "RecipeEnv": "env", "Environment": "env",
+    "set_scheduler": "schedulers", "scheduler_names": "schedulers",
+    # cases
+    "Case": "cases", "load_prompts": "cases", "negative_prompt": "cases", "with_negative": "cases",
+    # diagnose
+    "benchmark": "benchmarking", "BenchmarkResult": "benchmarking", "CaseResult": "benchmarking",
+    "StageTimer": "timing", "StageTimes": "timing", "Latency": "stats", "profile": "profiling",
+    "ProfileResult": "profiling", "diff_profiles": "profiling", "flops_report": "flops", "FlopsReport": "flops",
+    "measure_peak": "flops", "ResourceMonitor": "monitor", "diagnose": "diagnosis", "Diagnosis": "diagnosis",
     "Thresholds": "diagnosis",
-    "plots": None,
-    "recipes": None,
-    "presets": None,
-    "flops": None,
-    "compare": "experiments",
-    "Comparison": "experiments",
-    "preset": "presets",
-    "recommend": "presets",
-    "RecipeEnv": "env",
-    "ssim": "quality",
-    "evaluate": "quality",
-    "QualityThresholds": "quality",
-    "report": "reporting",
-    "diff_profiles": "profiling",
-    "ResultCache": "cache",
-    "CacheKey": "cache",
-    "AdaptivePolicy": "adaptive",
-    "adapt": "adaptive",
-    "prompt_complexity": "adaptive",
-    "generate_with_fallback": "fallback",
-    "hires_fix": "hires",
-    "hardware_plan": "hardware",
-    "negative_prompt": "cases",
-    "with_negative": "cases",
-    "search_mixed_precision": "mixed",
-    "lora": None,
-    "mixed": None,
-    "adaptive": None,
-    "widgets": None,
-    "psnr": "quality",
-    "adherence": "quality",
-    "AdherenceReport": "quality",
-    "shapes": None,
-    "training": None,
-    "scheduler_names": "schedulers",
+    # compare and optimize
+    "compare": "experiments", "Comparison": "experiments", "preset": "presets", "recommend": "presets",
+    "search_mixed_precision": "mixed", "hardware_plan": "hardware",
+    # verify
+    "ssim": "quality", "psnr": "quality", "evaluate": "quality", "QualityThresholds": "quality",
+    "adherence": "quality", "AdherenceReport": "quality", "report": "reporting",
+    # advance
+    "ResultCache": "cache", "CacheKey": "cache", "AdaptivePolicy": "adaptive", "adapt": "adaptive",
+    "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
+_MODULES = ("adaptive", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots", "presets", "recipes",
+            "shapes", "training", "widgets", "workflows")
+_API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
 
@@ -87,7 +50,8 @@ if TYPE_CHECKING:
     from .models import ModelUnavailableError, default_size, embedded_models, parameter_counts, weight_bytes
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
-    from . import adaptive, flops, lora, mixed, plots, presets, recipes, shapes, training, widgets
+    from . import (adaptive, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets, recipes, shapes,
+                   training, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative
