@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ._checks import LabError
+from ._checks import LabError, read_text_file
 from .env import REPO_ROOT, resolve_device, torch_dtype
 from ._quiet import quiet_diffusers
 from .schedulers import set_scheduler
@@ -247,7 +247,7 @@ def _unavailable(model: str, why: str) -> ModelUnavailableError:
     hint = f" Did you mean the embedded {' or '.join(repr(c) for c in close)}?" if close else ""
     return ModelUnavailableError(
         f"cannot load model {model!r}: {why}.{hint} Use an embedded model "
-        f"({', '.join(EMBEDDED)}), or download the pipeline elsewhere (e.g. `huggingface-cli download "
+        f"({', '.join(EMBEDDED)}), or download the pipeline elsewhere (e.g. `hf download "
         f"{model} --local-dir ./models/x`) and pass that local folder as the model."
     )
 
@@ -261,9 +261,22 @@ def _from_pretrained(model: str, dtype):
 
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
+        index = path / "model_index.json"
+        if not index.is_file():
             raise _unavailable(model, f"folder {str(path)!r} has no model_index.json (not a diffusers pipeline)")
-        return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        try:
+            info = json.loads(read_text_file(index, "model index"))
+        except json.JSONDecodeError as err:
+            raise ModelUnavailableError(f"{str(index)!r} is not valid JSON ({err}); "
+                                        "a diffusers folder needs a model_index.json object") from None
+        if not isinstance(info, dict) or not isinstance(info.get("_class_name"), str):
+            raise ModelUnavailableError(f"{str(index)!r} is not a diffusers model index "
+                                        "(a JSON object with a '_class_name' string)")
+        try:
+            return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise ModelUnavailableError(f"cannot load the diffusers folder {str(path)!r}: {first}") from None
     if _looks_like_path(model):
         raise _unavailable(model, f"no such folder {str(path)!r}")
     try:  # already in the local hub cache: no network needed
