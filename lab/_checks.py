@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -115,3 +117,33 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
         raise LabError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
         raise LabError(f"{what} {str(path)!r} cannot be read ({err.strerror or err})") from None
+
+
+# What a sweep writes before its first result: a folder holding only these holds nothing to keep.
+_BOOKKEEPING = {".lock", "comparison.json", "environment.json"}
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """``writable_dir(path)`` for the duration of a command; if the command fails before writing any
+    result, the folders it created are removed again (a model that fails to load leaves no empty --out)."""
+    path = Path(path)
+    top = None  # the highest folder this call creates
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        top = candidate
+    out = writable_dir(path)
+    try:
+        yield out
+    except BaseException:
+        if top is not None and not _holds_results(top):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _holds_results(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(f not in _BOOKKEEPING and not f.endswith(".tmp") for f in files):
+            return True
+    return False
