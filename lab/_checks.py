@@ -22,7 +22,8 @@ def choose(kind: str, value: object, allowed: Iterable[str]) -> str:
         return value
     close = difflib.get_close_matches(str(value), allowed, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise LabError(f"unknown {kind} {value!r}.{hint} Valid {kind}s: {', '.join(allowed)}.")
+    plural = f"{kind[:-1]}ies" if kind.endswith("y") else f"{kind}s"
+    raise LabError(f"unknown {kind} {value!r}.{hint} Valid {plural}: {', '.join(allowed)}.")
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> int:
