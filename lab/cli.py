@@ -85,11 +85,13 @@ def _add_case_args(p: argparse.ArgumentParser) -> None:
 def _validate_model_args(args: argparse.Namespace) -> None:
     """Model, dtype, device (available here) and scheduler: checked before anything is written or loaded."""
     from .env import DTYPES, resolve_device
+    from .models import check_model
     from .schedulers import SCHEDULERS
 
     if not args.model.strip():
         raise LabError("--model must not be empty; pass an embedded name (see `python -m lab models`), "
                        "a local folder or a hub id")
+    check_model(args.model)  # a missing folder or a malformed model_index.json: refused before --out exists
     choose("dtype", args.dtype, DTYPES)
     resolve_device(args.device)  # unknown names and devices missing here (cuda without CUDA) stop now
     if args.scheduler is not None:

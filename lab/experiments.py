@@ -377,13 +377,12 @@ def compare(
 
     from .benchmarking import benchmark
     from .env import Environment, RecipeEnv, torch_dtype
-    from .models import ModelUnavailableError, weight_bytes
+    from .models import ModelUnavailableError, check_model, weight_bytes
     from .prepare import prepare
     from .quality import psnr, ssim
     from .recipes import parse
 
-    if not isinstance(model, str) or not model.strip():
-        raise LabError(f"model must be a non-empty string, got {model!r}")
+    check_model(model)  # a missing folder or malformed model_index.json: refused before out exists
     cases = [cases] if isinstance(cases, Case) else list(cases)
     if isinstance(recipes, str):
         raise LabError(f"recipes must be a list of recipe strings, got the string {recipes!r}")

@@ -256,9 +256,13 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", "")
 
 
-def _from_pretrained(model: str, dtype):
-    from diffusers import DiffusionPipeline
-
+def check_model(model: object) -> str:
+    """Refuse, without loading anything, a model that cannot be: an empty name, a missing folder, a folder
+    without a readable ``model_index.json``. Hub ids pass (only loading can tell)."""
+    if not isinstance(model, str) or not model.strip():
+        raise LabError(f"model must be a non-empty string, got {model!r}; embedded models: {', '.join(EMBEDDED)}.")
+    if model in EMBEDDED:
+        return model
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -272,6 +276,19 @@ def _from_pretrained(model: str, dtype):
         if not isinstance(info, dict) or not isinstance(info.get("_class_name"), str):
             raise ModelUnavailableError(f"{str(index)!r} is not a diffusers model index "
                                         "(a JSON object with a '_class_name' string)")
+    elif path.exists():
+        raise _unavailable(model, f"{str(path)!r} is a file, not a diffusers folder")
+    elif _looks_like_path(model):
+        raise _unavailable(model, f"no such folder {str(path)!r}")
+    return model
+
+
+def _from_pretrained(model: str, dtype):
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        check_model(model)
         try:
             return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -303,8 +320,7 @@ def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto"
     from .schedulers import SCHEDULERS
     from ._checks import choose
 
-    if not isinstance(model, str) or not model.strip():
-        raise LabError(f"model must be a non-empty string, got {model!r}; embedded models: {', '.join(EMBEDDED)}.")
+    check_model(model)
     torch_dt = torch_dtype(dtype)
     device = resolve_device(device)
     if scheduler is not None:
