@@ -340,7 +340,7 @@ def _lora_state(pipe):
 
 
 def test_a_refused_lora_leaves_the_pipeline_exactly_as_it_was(tmp_path, capfd):
-    from conftest import generate
+    from .conftest import generate
 
     pipe = lab.load_pipeline("tiny-random", device="cpu")
     xl = lab.load_pipeline("tiny-sdxl", device="cpu")
@@ -624,15 +624,17 @@ def test_a_read_only_remount_mid_run_stops_cleanly_and_resumes(tmpfs, capsys, mo
 
 # -- memory does not depend on run order --------------------------------------------------------------------
 def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
+    # Before the priming call, whichever plan ran first in a fresh process reported ~51 MB on tiny and the
+    # other ~31 MB (the first call's lasting growth of the process counted against it); now both ~31 MB.
     same = ["fp32", "fp32-text+fp32-unet+fp32-vae"]
     peaks = {}
     for order in (same, same[::-1]):
         out = tmp_path / "-".join(order)
-        done = subprocess.run([sys.executable, "-m", "lab", "compare", *QUICK, "--recipes", ",".join(order),
-                               "--cases", "1", "--warmup", "1", "--out", str(out)], cwd=ROOT, env=ENV,
+        done = subprocess.run([sys.executable, "-m", "lab", "compare", "--model", "tiny", "--steps", "2",
+                               "--repeats", "1", "--warmup", "1", "--quiet", "--recipes", ",".join(order),
+                               "--cases", "1", "--out", str(out)], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)  # a fresh process per order
         assert done.returncode == 0, done.stderr
-        frame = Comparison.load(out).to_frame()
-        peaks[tuple(order)] = frame["peak_mem_mb"].to_dict()
+        peaks[tuple(order)] = Comparison.load(out).to_frame()["peak_mem_mb"].to_dict()
     values = [v for p in peaks.values() for v in p.values()]
-    assert max(values) - min(values) <= 0.15 * min(values) + 2.0, peaks
+    assert max(values) - min(values) <= 0.05 * min(values) + 1.0, peaks
