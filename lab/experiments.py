@@ -301,7 +301,9 @@ def run_lock(out: Path):
     import sys
 
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Read-only descriptor: flock does not need write access, and an open writable file would keep the
+    # file system from being remounted read-only (the note below is written through a short-lived one).
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -312,9 +314,8 @@ def run_lock(out: Path):
         info = (f"pid {os.getpid()} on {socket.gethostname()} since "
                 f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} "
                 f"({' '.join(sys.argv)[:200]!r})")
-        with contextlib.suppress(OSError):  # the lock itself is what matters; the note is for the reader
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode("utf-8"), 0)
+        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as note:
+            note.write(info)  # the lock itself is what matters; the note names the holder to a second process
         yield
     finally:
         os.close(fd)  # closing releases the flock; the file stays (unlinking it would race a waiter)
