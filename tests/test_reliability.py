@@ -643,5 +643,8 @@ def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
                               capture_output=True, text=True, timeout=300)  # a fresh process per order
         assert done.returncode == 0, done.stderr
         peaks[tuple(order)] = Comparison.load(out).to_frame()["peak_mem_mb"].to_dict()
+    first, second = peaks.values()
+    for plan in same:  # the same plan, first or second in its process: the same figure
+        assert abs(first[plan] - second[plan]) <= 0.05 * min(first[plan], second[plan]) + 1.0, peaks
     values = [v for p in peaks.values() for v in p.values()]
-    assert max(values) - min(values) <= 0.05 * min(values) + 1.0, peaks
+    assert max(values) - min(values) <= 0.10 * min(values) + 1.0, peaks  # was +65 % for whichever ran first
