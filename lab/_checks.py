@@ -34,6 +34,8 @@ def positive_int(name: str, value: object, minimum: int = 1) -> int:
 
 def writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and prove it is writable, before any heavy work starts."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise LabError(f"output directory must be a non-empty path, got {path!r}; e.g. --out runs/my-run.")
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,8 @@ _BOOKKEEPING = {".lock", "comparison.json", "environment.json"}
 def output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """``writable_dir(path)`` for the duration of a command; if the command fails before writing any
     result, the folders it created are removed again (a model that fails to load leaves no empty --out)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise LabError(f"output directory must be a non-empty path, got {path!r}; e.g. --out runs/my-run.")
     path = Path(path)
     top = None  # the highest folder this call creates
     for candidate in (path, *path.parents):

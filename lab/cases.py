@@ -71,6 +71,8 @@ _CASE_FIELDS = {f.name for f in fields(Case)}
 
 def load_prompts(path: str | os.PathLike = "seed002") -> list[Case]:
     """Load a prompt set: a shipped name (``seed002``) or a JSON file ``{"cases": [...]}``."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise LabError(f"prompt set must be a shipped name or a .json path, got {path!r}")
     path = Path(path)
     if not path.suffix and not path.exists():
         shipped = sorted(p.stem for p in PROMPTS_DIR.glob("*.json"))

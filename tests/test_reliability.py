@@ -137,6 +137,8 @@ BAD_CLI = [
     (["compare", "--recipes", "fp32", "--model", "{badindex}"], ["model_index.json", "not valid JSON"]),
     (["bench", "--model", "{listindex}"], ["model_index.json", "'_class_name'"]),
     (["bench", "--out", "{file}/sub"], ["not writable", "{file}/sub"]),
+    (["bench", "--out", ""], ["output directory", "non-empty"]),
+    (["bench", "--prompts", ""], ["prompt set", "''"]),
     (["report", "{dir}/nope"], ["is not a directory"]),
     (["report", "{file}"], ["is not a directory"]),
     (["report", "{dir}"], ["not a compare run directory"]),
@@ -237,6 +239,8 @@ def test_other_bad_api_calls(tmp_path):
 
     with pytest.raises(lab.LabError, match="is a directory"):
         lab.load_prompts(tmp_path)
+    with pytest.raises(lab.LabError, match="prompt set must be"):
+        lab.load_prompts(123)
     latin = tmp_path / "latin.json"
     latin.write_bytes(b'{"cases": [{"prompt": "caf\xe9"}]}')
     with pytest.raises(lab.LabError, match="not UTF-8"):
