@@ -87,6 +87,7 @@ BAD_CLI = [
     (["bench", "--scheduler", "eular"], ["'eular'", "euler"]),
     (["bench", "--model", ""], ["--model", "embedded name"]),
     (["bench", "--model", "someorg/some-model"], ["someorg/some-model", "hf download"]),
+    (["compare", "--recipes", "fp32", "--quiet", "--model", "someorg/some-model"], ["someorg/some-model", "hf download"]),
     (["bench", "--prompts", "seed003"], ["'seed003'", "shapes"]),
     # numbers out of range or not numbers
     (["bench", "--steps", "0"], ["--steps", "1 to 1000", "'0'"]),
@@ -458,6 +459,10 @@ def test_resume_with_other_settings_is_refused_and_new_recipes_are_allowed(tmp_p
     assert json.loads((out / "comparison.json").read_text())["recipes"] == ["fp32", "steps-1"]
     code, _, err = lab_cli(capsys, "compare", *QUICK, "--recipes", "steps-1,fp32", "--cases", "1", "--out", out)
     assert_clean_refusal(code, "", err, ["baseline 'fp32' (now 'steps-1')"])
+    code, stdout, err = lab_cli(capsys, "report", out, "--recipe", "nope")
+    assert_clean_refusal(code, stdout, err, ["'nope'", "fp32, steps-1"])
+    code, stdout, err = lab_cli(capsys, "report", out, "--out", out / RESULTS / "x")
+    assert_clean_refusal(code, stdout, err, ["not writable"], written=out / RESULTS / "x")
 
 
 def test_a_model_that_cannot_load_leaves_no_empty_out(tmp_path, capsys):
