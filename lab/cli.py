@@ -64,7 +64,8 @@ def _non_negative(value: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .env import DEVICES, DTYPES
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded name (tiny, sd15-arch, ...), local folder or hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="embedded name (tiny, sd15-arch, ...), local folder or hub id")
     p.add_argument("--dtype", default="fp32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (or cuda:N)")
     p.add_argument("--scheduler", default=None, help="scheduler name (see `python -m lab models`)")
@@ -204,6 +205,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise LabError("--recipes needs at least one recipe string (the first is the baseline)")
     if not all(recipes):
         raise LabError(f"--recipes {args.recipes!r} has an empty entry; separate recipe strings with single commas")
+    repeated = sorted({r for r in recipes if recipes.count(r) > 1})
+    if repeated:  # the API drops repeats with a warning; on the command line it is a typo worth stopping
+        raise LabError(f"--recipes lists {', '.join(repr(r) for r in repeated)} more than once; "
+                       "each recipe must be unique")
     for text in recipes:
         parse(text)  # unknown names and impossible combinations stop here, before any work
     cases = _cases(args)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import statistics
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -399,11 +398,21 @@ def compare(
     seeds = [check_seed(s) for s in (seeds if isinstance(seeds, (list, tuple, range)) else [seeds])]
     if not seeds:
         raise LabError("compare needs at least one seed")
-    for kind, values in (("recipe", recipes), ("seed", seeds), ("case name", [c.name for c in cases])):
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
-        if repeated:  # one key per (recipe, case, seed): a repeat would run and record twice
-            raise LabError(f"{kind} {', '.join(repr(r) for r in repeated)} is given more than once; "
-                           f"each {kind} must be unique")
+    if not all(isinstance(r, str) for r in recipes):
+        raise LabError(f"recipes must be recipe strings, got {recipes!r}")
+    # One key per (recipe, case, seed): a repeat would run and record twice. A repeated recipe or seed is the
+    # same run, so it is dropped (notebooks build lists like [BASELINE, CHOSEN] where CHOSEN may be the
+    # baseline); two different cases under one name cannot be told apart, so they are refused.
+    for kind, values in (("recipe", recipes), ("seed", seeds)):
+        if len(set(values)) < len(values):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            warnings.warn(f"{kind}s given more than once are measured once: {twice}", stacklevel=2)
+    recipes, seeds = list(dict.fromkeys(recipes)), list(dict.fromkeys(seeds))
+    names = [c.name for c in cases]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise LabError(f"case name {', '.join(repr(r) for r in repeated)} is given more than once; "
+                       "each case needs its own name")
     plans = {text: parse(text) for text in recipes}  # every name and combination checked before any work
     torch_dtype(dtype)
     env = RecipeEnv.detect(device)  # an unavailable device is refused here, before --out exists
