@@ -17,7 +17,7 @@ DEFAULT_MODEL = "tiny"
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: <command>: <what is wrong and what is allowed>``, exit 2."""
 
-    def error(self, message: str):  # noqa: D102 - argparse API
+    def error(self, message: str):  # argparse calls this for every bad argument
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
