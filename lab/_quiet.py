@@ -20,6 +20,20 @@ def quiet_diffusers():
 
 
 @contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' notices (e.g. that image processors fall back to PIL without torchvision): lab
+    never runs those processors, and a notebook shows every notice as a red block."""
+    import transformers
+
+    level = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(level)
+
+
+@contextlib.contextmanager
 def captured_stderr(lines: list[str]):
     """Send what C++ libraries (kineto, c10) and Python warnings print to stderr into ``lines`` instead.
 

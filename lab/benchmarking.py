@@ -18,7 +18,7 @@ from .cases import Case
 from .env import Environment, dtype_name
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
-from .results import Record
+from .results import Record, save_image
 from .stats import Latency
 from .timing import StageTimer, StageTimes
 
@@ -171,7 +171,7 @@ def _case_result(case: Case, first: float, runs: list, output, rss_before: int, 
     image_path = None
     if image_dir is not None:
         image_path = str(Path(image_dir) / f"{case.name}.png")
-        output.images[0].save(image_path)
+        save_image(output.images[0], image_path)  # atomic: a full disk leaves no 0-byte PNG
     allocated = [r[2][0] for r in runs if r[2][0] is not None]
     reserved = [r[2][1] for r in runs if r[2][1] is not None]
     return CaseResult(

@@ -7,15 +7,16 @@ not match their key is a miss, and is replaced on the next ``put``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._checks import LabError, writable_dir
-from .results import Record
+from .results import Record, atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,11 @@ class ResultCache:
         return self.directory / f"{digest}.png", self.directory / f"{digest}.json"
 
     def get(self, key: CacheKey):
-        """The cached PIL image, or None (a miss; corrupt entries count as misses and are removed)."""
+        """The cached PIL image, or None (a miss). A malformed entry (metadata that is not the key's object,
+        a PNG whose sha256 differs from the one stored, unreadable files) counts as corrupt and as a miss,
+        and is removed where the cache is writable."""
+        import io
+
         from PIL import Image
 
         png, meta = self._paths(key)
@@ -78,44 +83,59 @@ class ResultCache:
             return None
         try:
             stored = json.loads(meta.read_text(encoding="utf-8"))
-            if stored.get("key") != asdict(key):
+            if not isinstance(stored, dict) or stored.get("key") != asdict(key):
                 raise ValueError("metadata does not match the key")
-            with Image.open(png) as img:
+            data = png.read_bytes()
+            # Another entry's valid PNG swapped in would decode fine: only the stored hash tells.
+            if stored.get("sha256") != hashlib.sha256(data).hexdigest():
+                raise ValueError("image bytes do not match the stored sha256")
+            with Image.open(io.BytesIO(data)) as img:
                 image = img.convert("RGB")
                 image.load()
-        except (OSError, ValueError):
+        except (OSError, ValueError, SyntaxError):  # PIL raises SyntaxError on some broken headers
             self.stats.corrupt += 1
             self.stats.misses += 1
             for path in (png, meta):
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only cache: count the miss, keep going
+                    if path.is_file() or path.is_symlink():
+                        path.unlink()
             return None
-        os.utime(meta)  # recency for LRU eviction
+        with contextlib.suppress(OSError):  # recency for LRU eviction; a read-only cache still serves hits
+            os.utime(meta)
         self.stats.hits += 1
         return image
 
     def put(self, key: CacheKey, image, metadata: dict | None = None) -> None:
         """Store an image atomically (temporary files, then rename), then evict beyond ``max_entries``."""
+        import io
+
         png, meta = self._paths(key)
-        for target, write in ((png, lambda f: image.save(f, format="PNG")),
-                              (meta, lambda f: f.write(json.dumps({"key": asdict(key), **(metadata or {})},
-                                                                  ensure_ascii=False).encode("utf-8")))):
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        record = {**(metadata or {}), "key": asdict(key), "sha256": hashlib.sha256(data).hexdigest()}
+        for target in (png, meta):
+            if target.is_dir():  # something else took the entry's name: clear it, the entry is ours
+                shutil.rmtree(target)
+        # PNG first, metadata last: an entry is only valid once both exist and the hash matches.
+        atomic_write_bytes(png, data)
+        atomic_write_bytes(meta, json.dumps(record, ensure_ascii=False).encode("utf-8"))
         self.stats.puts += 1
         self._evict()
 
     def _evict(self) -> None:
-        entries = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        def mtime(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:  # removed meanwhile (another process evicted it)
+                return 0.0
+
+        entries = sorted(self.directory.glob("*.json"), key=mtime)
         for meta in entries[: max(0, len(entries) - self.max_entries)]:
-            meta.unlink(missing_ok=True)
-            meta.with_suffix(".png").unlink(missing_ok=True)
-            self.stats.evictions += 1
+            with contextlib.suppress(OSError):
+                meta.unlink(missing_ok=True)
+                meta.with_suffix(".png").unlink(missing_ok=True)
+                self.stats.evictions += 1
 
     def __len__(self) -> int:
         return len(list(self.directory.glob("*.json")))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ._checks import LabError
+from ._checks import LabError, check_guidance, check_seed, check_size, check_steps, check_text, read_text_file
 from .env import REPO_ROOT
 from .results import Record
 
@@ -29,17 +29,20 @@ class Case(Record):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        where = f"case {self.name or self.prompt!r}"
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise LabError(f"{where}: prompt must be a non-empty string, got {self.prompt!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise LabError(f"{where}: steps must be an integer >= 1, got {self.steps!r}")
-        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
-            raise LabError(f"{where}: guidance must be a number >= 0, got {self.guidance!r}")
-        for side in ("height", "width"):
-            value = getattr(self, side)
-            if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
-                raise LabError(f"{where}: {side} must be a multiple of 8 (>= 8), got {value!r}")
+        where = f"case {self.name or self.prompt!r}" if isinstance(self.name, str) else "case"
+        try:
+            check_text("prompt", self.prompt)
+            check_steps(self.steps)
+            check_guidance(self.guidance)
+            check_text("negative_prompt", self.negative_prompt, optional=True)
+            for side in ("height", "width"):
+                if getattr(self, side) is not None:
+                    check_size(getattr(self, side), side)
+            check_seed(self.seed)
+            if not isinstance(self.name, str):
+                raise LabError(f"name must be a string, got {self.name!r}.")
+        except LabError as err:
+            raise LabError(f"{where}: {err}") from None
         if not self.name:
             self.name = "-".join(self.prompt.lower().split()[:4])
 
@@ -68,16 +71,17 @@ _CASE_FIELDS = {f.name for f in fields(Case)}
 
 def load_prompts(path: str | os.PathLike = "seed002") -> list[Case]:
     """Load a prompt set: a shipped name (``seed002``) or a JSON file ``{"cases": [...]}``."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise LabError(f"prompt set must be a shipped name or a .json path, got {path!r}")
     path = Path(path)
     if not path.suffix and not path.exists():
         shipped = sorted(p.stem for p in PROMPTS_DIR.glob("*.json"))
         if path.name not in shipped:
             raise LabError(f"unknown prompt set {str(path)!r}; shipped sets: {', '.join(shipped)}, or a .json path")
         path = PROMPTS_DIR / f"{path.name}.json"
+    text = read_text_file(path, "prompt file")  # missing, a directory, not UTF-8: one clear line
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LabError(f"prompt file {str(path)!r} does not exist") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise LabError(f"prompt file {str(path)!r} is not valid JSON: {err}") from None
     cases = data.get("cases") if isinstance(data, dict) else None

@@ -8,7 +8,43 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._checks import LabError, choose, positive_int, writable_dir
+from ._checks import (MAX_SEED, MAX_SIZE, MAX_STEPS, LabError, bounded_int, check_guidance, check_seed, check_size,
+                      check_steps, choose, finite_number, output_dir, positive_int, writable_dir)
+
+DEFAULT_MODEL = "tiny"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <command>: <what is wrong and what is allowed>``, exit 2."""
+
+    def error(self, message: str):  # argparse calls this for every bad argument
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _typed(check, kind: str):
+    """An argparse type that parses ``kind`` and applies ``check`` (a validator from ``_checks``)."""
+
+    def parse(value: str):
+        try:
+            number = float(value) if kind == "number" else int(value, 10)
+            return check(number)
+        except (ValueError, LabError) as err:
+            text = str(err).split(", got")[0] if isinstance(err, LabError) else f"must be {kind_text[kind]}"
+            raise argparse.ArgumentTypeError(f"{text}, got {value!r}") from None
+
+    kind_text = {"number": "a number", "int": "an integer"}
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+_steps = _typed(check_steps, "int")
+_size = _typed(check_size, "int")
+_seed = _typed(check_seed, "int")
+_guidance = _typed(check_guidance, "number")
+_seeds = _typed(lambda v: bounded_int("seeds", v, 1, 10_000), "int")
+_budget = _typed(lambda v: finite_number("time budget", v, minimum=1e-3), "number")
+_ssim_min = _typed(lambda v: finite_number("ssim-min", v, minimum=-1, maximum=1), "number")
+_psnr_min = _typed(lambda v: finite_number("psnr-min", v, minimum=0, maximum=200), "number")
 
 
 def _positive(value: str) -> int:
@@ -28,36 +64,54 @@ def _non_negative(value: str) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .env import DEVICES, DTYPES
 
-    p.add_argument("--model", default="tiny", help="embedded name (tiny, sd15-arch, ...), local folder or hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="embedded name (tiny, sd15-arch, ...), local folder or hub id")
     p.add_argument("--dtype", default="fp32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (or cuda:N)")
     p.add_argument("--scheduler", default=None, help="scheduler name (see `python -m lab models`)")
 
 
 def _add_case_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", default="seed002", help="shipped prompt set name or a JSON file")
+    p.add_argument("--prompts", default=None,
+                   help="shipped prompt set name or a JSON file (default: shapes for tiny, seed002 otherwise)")
     p.add_argument("--prompt", default=None, help="a single prompt instead of the prompt set")
-    p.add_argument("--steps", type=_positive, default=None, help="override every case's steps")
-    p.add_argument("--guidance", type=float, default=None, help="override every case's guidance")
-    p.add_argument("--size", type=_positive, default=None, help="square image size (default: model's own)")
-    p.add_argument("--seed", type=_non_negative, default=None, help="override every case's seed")
+    p.add_argument("--steps", type=_steps, default=None, help=f"override every case's steps (1 to {MAX_STEPS})")
+    p.add_argument("--guidance", type=_guidance, default=None, help="override every case's guidance (0 to 100)")
+    p.add_argument("--size", type=_size, default=None,
+                   help=f"square image size, a multiple of 8 up to {MAX_SIZE} (default: model's own)")
+    p.add_argument("--seed", type=_seed, default=None, help=f"override every case's seed (0 to {MAX_SEED})")
     p.add_argument("--cases", type=_positive, default=None, help="use only the first N cases")
 
 
 def _validate_model_args(args: argparse.Namespace) -> None:
-    from .env import DEVICES, DTYPES
+    """Model, dtype, device (available here) and scheduler: checked before anything is written or loaded."""
+    from .env import DTYPES, resolve_device
+    from .models import check_model
     from .schedulers import SCHEDULERS
 
+    if not args.model.strip():
+        raise LabError("--model must not be empty; pass an embedded name (see `python -m lab models`), "
+                       "a local folder or a hub id")
+    check_model(args.model)  # a missing folder or a malformed model_index.json: refused before --out exists
     choose("dtype", args.dtype, DTYPES)
-    choose("device", args.device.split(":", 1)[0], DEVICES)
+    resolve_device(args.device)  # unknown names and devices missing here (cuda without CUDA) stop now
     if args.scheduler is not None:
         choose("scheduler", args.scheduler, SCHEDULERS)
+
+
+def default_prompts(model: str) -> str:
+    """The prompt set a model is meant for: ``shapes`` for the trained ``tiny`` (it draws shape scenes),
+    ``seed002`` for every other model."""
+    return "shapes" if model == "tiny" else "seed002"
 
 
 def _cases(args: argparse.Namespace):
     from .cases import Case, load_prompts
 
-    cases = [Case(prompt=args.prompt)] if args.prompt else load_prompts(args.prompts)
+    if args.prompt is not None and not args.prompt.strip():
+        raise LabError("--prompt must be a non-empty prompt; leave it out to use the prompt set (--prompts)")
+    prompts = args.prompts if args.prompts is not None else default_prompts(args.model)
+    cases = [Case(prompt=args.prompt)] if args.prompt is not None else load_prompts(prompts)
     cases = cases[: args.cases] if args.cases else cases
     return [
         c.with_overrides(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, seed=args.seed)
@@ -68,16 +122,17 @@ def _cases(args: argparse.Namespace):
 def cmd_bench(args: argparse.Namespace) -> int:
     _validate_model_args(args)
     cases = _cases(args)
-    out = writable_dir(args.out)
     from .benchmarking import benchmark
     from .prepare import load_pipeline
+    from .results import atomic_write_text
 
-    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
-    result = benchmark(
-        pipe, cases, warmup=args.warmup, repeats=args.repeats, image_dir=out / "images", progress=not args.quiet
-    )
-    path = result.save(out / "results.json")
-    (out / "results.md").write_text(result.to_markdown() + "\n", encoding="utf-8")
+    with output_dir(args.out) as out:  # removed again if the model fails to load
+        pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
+        result = benchmark(
+            pipe, cases, warmup=args.warmup, repeats=args.repeats, image_dir=out / "images", progress=not args.quiet
+        )
+        path = result.save(out / "results.json")
+        atomic_write_text(out / "results.md", result.to_markdown() + "\n")
     print(result.to_markdown())
     print(f"\nresults: {path}\nimages:  {out / 'images'}")
     for failed in result.failed:
@@ -93,37 +148,29 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
     case = _cases(args)[0]
     if args.record_steps > case.steps:
         raise LabError(f"--record-steps {args.record_steps} is more than the case's {case.steps} steps")
-    out = writable_dir(args.out)
-    from . import plots
-    from .benchmarking import benchmark
-    from .diagnosis import Thresholds, diagnose
-    from .flops import flops_report
-    from .prepare import load_pipeline
-    from .monitor import ResourceMonitor
-    from .profiling import profile
+    with output_dir(args.out) as out:  # removed again if the model fails to load
+        return _write_profile_artifacts(args, case, out, with_diagnosis)
 
-    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
-    monitor = ResourceMonitor(interval=0.05)
-    bench = benchmark(pipe, case, warmup=1, repeats=args.repeats, progress=not args.quiet, monitor=monitor)
-    bench.save(out / "benchmark.json")
-    plots.plot_stages(bench, path=out / "stages.png")
-    plots.plot_resources(monitor, path=out / "resources.png")
-    prof = profile(pipe, case, record_steps=args.record_steps, out_dir=out, with_stack=args.with_stack)
-    prof.save(out / "profile.json")
-    trace = prof.export_chrome_trace(out / "trace.json.gz")
+
+def _write_profile_artifacts(args: argparse.Namespace, case, out: Path, with_diagnosis: bool) -> int:
+    from .diagnosis import Thresholds
+    from .workflows import diagnose_run
+
+    run = diagnose_run(args.model, case, out=out, dtype=args.dtype, device=args.device, scheduler=args.scheduler,
+                       repeats=args.repeats, record_steps=args.record_steps, with_stack=args.with_stack,
+                       memory_snapshot=args.memory_snapshot, thresholds=Thresholds(time_budget_s=args.time_budget),
+                       diagnosis=with_diagnosis, progress=not args.quiet)
+    prof = run.profile
     print(prof.ops(top=15).to_markdown())
-    print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.record_steps} steps): {trace}  -> open in ui.perfetto.dev")
+    if prof.has_kernels:
+        print("\n" + prof.kernels(top=15).to_markdown())
+    print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.unet_steps} denoising steps): {run.artifacts['trace']}  "
+          "-> open in ui.perfetto.dev")
     print(f"tensorboard --logdir {prof.tensorboard_dir}")
-    if not with_diagnosis:
-        return 0
-    report = flops_report(pipe, case, stage_seconds=bench.cases[0].stages.seconds())
-    report.save(out / "flops.json")
-    plots.plot_utilisation(report, path=out / "utilisation.png")
-    diagnosis = diagnose(bench, profile=prof, flops=report,
-                         thresholds=Thresholds(time_budget_s=args.time_budget))
-    diagnosis.save(out / "diagnosis.json")
-    (out / "diagnosis.md").write_text(diagnosis.to_markdown() + "\n", encoding="utf-8")
-    print("\n" + report.to_markdown() + "\n\n" + diagnosis.to_markdown())
+    if prof.memory_snapshot_bytes is not None:
+        print(f"memory snapshot ({prof.memory_snapshot_bytes / 1e6:.1f} MB): {prof.memory_snapshot}")
+    if with_diagnosis:
+        print("\n" + run.flops.to_markdown() + "\n\n" + run.diagnosis.to_markdown())
     print(f"\nartifacts: {out.resolve()}")
     return 0
 
@@ -140,18 +187,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .recipes import parse
 
     _validate_model_args(args)
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    if not recipes:
+    recipes = [r.strip() for r in args.recipes.split(",")]
+    if not any(recipes):
         raise LabError("--recipes needs at least one recipe string (the first is the baseline)")
+    if not all(recipes):
+        raise LabError(f"--recipes {args.recipes!r} has an empty entry; separate recipe strings with single commas")
+    repeated = sorted({r for r in recipes if recipes.count(r) > 1})
+    if repeated:  # the API drops repeats with a warning; on the command line it is a typo worth stopping
+        raise LabError(f"--recipes lists {', '.join(repr(r) for r in repeated)} more than once; "
+                       "each recipe must be unique")
     for text in recipes:
         parse(text)  # unknown names and impossible combinations stop here, before any work
     cases = _cases(args)
-    out = writable_dir(args.out)
     from .experiments import compare
+    from .results import atomic_write_text
 
+    # compare() checks the rest (repeated recipes, a run directory made with other settings, the lock)
+    # before it writes anything; it creates --out itself and removes it if the model cannot load.
     cmp = compare(args.model, recipes, cases, seeds=tuple(range(args.seeds)), repeats=args.repeats,
-                  warmup=args.warmup, out=out, dtype=args.dtype, device=args.device, progress=not args.quiet)
-    (out / "comparison.md").write_text(cmp.to_markdown() + "\n", encoding="utf-8")
+                  warmup=args.warmup, out=args.out, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    out = Path(args.out)
+    atomic_write_text(out / "comparison.md", cmp.to_markdown() + "\n")
     print(cmp.to_markdown())
     print(f"\nresults: {out / 'results.jsonl'}\nimages:  {out / 'images'}")
     return 0
@@ -160,8 +216,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .presets import preset, recommend
     from .env import RecipeEnv
+    from .presets import PRIORITIES
     from .recipes import catalog
 
+    choose("priority", args.priority, PRIORITIES)  # checked before anything is printed
     env = RecipeEnv.detect(args.device)
     print(catalog(env).to_markdown())
     for tier in ("basic", "advanced", "expert"):
@@ -176,10 +234,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .reporting import report
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise LabError(f"{str(run_dir)!r} is not a directory; pass a directory written by `python -m lab compare`")
     if not (run_dir / RESULTS).is_file():
         raise LabError(f"{str(run_dir)!r} is not a compare run directory (no {RESULTS}); "
                        "make one with `python -m lab compare ... --out DIR`")
     comparison = Comparison.load(run_dir)
+    if not any(r.status == "ok" for r in comparison.records):
+        raise LabError(f"{str(run_dir / RESULTS)!r} holds no finished run to report on")
+    if args.out:
+        writable_dir(args.out)
     paths = report(comparison, args.out or run_dir, recipe=args.recipe,
                    thresholds=QualityThresholds(ssim_min=args.ssim_min, psnr_min=args.psnr_min))
     print(f"report: {paths['markdown']}\n        {paths['html']}")
@@ -187,10 +251,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .env import resolve_device
+
     from .notebooks import notebook_paths, run_notebook
 
-    out = writable_dir(args.out)
+    if not args.model.strip():
+        raise LabError("--model must not be empty")
+    resolve_device(args.device)
     paths = notebook_paths(args.notebooks)
+    if args.notebooks is not None and not paths:
+        available = [p.stem for p in notebook_paths()]
+        raise LabError(f"no notebook starts with {' or '.join(repr(n) for n in args.notebooks) or 'nothing'}; "
+                       f"available: {', '.join(available) or 'none'} (pass a prefix such as "
+                       f"{available[0][:2] if available else '01'!r})")
+    out = writable_dir(args.out)
     if not paths:
         print("no notebooks yet: running the benchmark on the embedded model instead")
         bench = build_parser().parse_args(["bench", "--model", args.model, "--steps", "20", "--repeats", "3",
@@ -230,7 +304,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m lab",
         description="diffusion-lab: profile, benchmark and optimize diffusers pipelines (offline by default).",
     )
@@ -252,10 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _add_model_args(p)
         _add_case_args(p)
-        p.add_argument("--record-steps", type=int, default=2, help="denoising steps kept in the trace")
+        p.add_argument("--record-steps", type=_positive, default=2, help="denoising steps kept in the trace")
         p.add_argument("--repeats", type=_positive, default=3, help="timed calls for the stage breakdown")
         p.add_argument("--with-stack", action="store_true", help="record Python stacks (memory timeline)")
-        p.add_argument("--time-budget", type=float, default=10.0, help="seconds per image before it is 'slow'")
+        p.add_argument("--memory-snapshot", action="store_true",
+                       help="CUDA: also write the allocator history (memory_snapshot.json, bounded, size reported)")
+        p.add_argument("--time-budget", type=_budget, default=10.0, help="seconds per image before it is 'slow' (> 0)")
         p.add_argument("--out", default=f"runs/{name}", help="output directory")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)
@@ -264,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(cmp)
     _add_case_args(cmp)
     cmp.add_argument("--recipes", required=True, help="comma-separated recipe strings, e.g. fp32,bf16+sdpa")
-    cmp.add_argument("--seeds", type=_positive, default=1, help="seeds 0..N-1 per case")
+    cmp.add_argument("--seeds", type=_seeds, default=1, help="seeds 0..N-1 per case (N from 1 to 10000)")
     cmp.add_argument("--warmup", type=_non_negative, default=1, help="untimed calls per run")
     cmp.add_argument("--repeats", type=_positive, default=3, help="timed calls per run")
     cmp.add_argument("--out", default="runs/compare", help="output directory (re-use it to resume)")
@@ -279,14 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="before/after report (Markdown + HTML) of a compare run directory")
     rep.add_argument("run_dir", help="a directory written by `python -m lab compare`")
     rep.add_argument("--recipe", default=None, help="the 'after' recipe (default: fastest passing the gate)")
-    rep.add_argument("--ssim-min", type=float, default=0.85, help="quality gate: SSIM must exceed this")
-    rep.add_argument("--psnr-min", type=float, default=25.0, help="quality gate: PSNR (dB) must exceed this")
+    rep.add_argument("--ssim-min", type=_ssim_min, default=0.85, help="quality gate: SSIM must exceed this (-1 to 1)")
+    rep.add_argument("--psnr-min", type=_psnr_min, default=25.0,
+                     help="quality gate: PSNR (dB) must exceed this (0 to 200)")
     rep.add_argument("--out", default=None, help="where to write report.md/html (default: RUN_DIR)")
     rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="execute the notebooks headless; artifacts under --out")
     demo.add_argument("--out", default="runs/demo", help="output directory")
-    demo.add_argument("--model", default="tiny", help="model every notebook uses (LAB_MODEL)")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="model every notebook uses (LAB_MODEL)")
     demo.add_argument("--device", default="auto", help="device every notebook uses (LAB_DEVICE)")
     demo.add_argument("--notebooks", nargs="*", default=None, help="only notebooks whose name starts so (e.g. 01)")
     demo.add_argument("--timeout", type=_positive, default=600, help="seconds per cell")
@@ -296,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the embedded tiny model on shape scenes (CPU, resumable)")
     train.add_argument("--out", default="runs/tiny-trained", help="diffusers folder to write (data/models/tiny ships)")
     train.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work); re-run to resume")
-    train.add_argument("--seed", type=_non_negative, default=None, help="training seed (default 0)")
+    train.add_argument("--seed", type=_seed, default=None, help="training seed (default 0)")
     train.add_argument("--smoke", action="store_true", help="a few iterations of a toy config, to check the code")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
@@ -306,16 +383,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(err: OSError) -> str:
+    """One line for a failed read or write: what failed, where, and what to do."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    hint = {errno.ENOSPC: "free some space and run the same command again: finished runs are kept",
+            errno.EDQUOT: "free some space and run the same command again: finished runs are kept",
+            errno.EROFS: "the file system is read-only; pass a writable --out",
+            errno.EACCES: "permission denied; pass a folder you can write to",
+            errno.EPERM: "permission denied; pass a folder you can write to"}.get(err.errno, "")
+    return f"{err.strerror or err}{where}" + (f"; {hint}" if hint else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; every expected failure is one ``error: ...`` line on stderr and a non-zero exit."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad argument (2, already reported in one line)
+        return exit_.code if isinstance(exit_.code, int) else 2
     if getattr(args, "quiet", False):
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.func(args)
-    except LabError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ValueError as err:  # LabError, and bad values found deeper (UnicodeDecodeError, JSONDecodeError)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only remount, a permission: the run can be resumed
+        print(f"error: {_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from ._checks import choose
+from ._checks import LabError, choose
 from .results import Record
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -39,6 +39,9 @@ def resolve_device(name: str = "auto") -> str:
 
     base = name.split(":", 1)[0] if isinstance(name, str) else name
     choose("device", base, DEVICES)
+    if isinstance(name, str) and ":" in name and (base != "cuda" or not name.split(":", 1)[1].isdigit()):
+        raise LabError(f"device {name!r}: only cuda takes an index (cuda:N with N a number); allowed: "
+                       f"{', '.join(DEVICES)} or cuda:N.")
     if base == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -46,9 +49,9 @@ def resolve_device(name: str = "auto") -> str:
             return "mps"
         return "cpu"
     if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
+        raise LabError(f"device {name!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
     if base == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available here; use 'cpu' or 'auto'.")
+        raise LabError(f"device {name!r} requested but MPS is not available here; use 'cpu' or 'auto'.")
     return name
 
 

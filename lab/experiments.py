@@ -7,7 +7,9 @@ under ``<out>/images/<recipe>/``. Re-running with the same ``out`` skips runs al
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import gc
 import json
 import os
@@ -18,15 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import LabError, positive_int, writable_dir
+from ._checks import LabError, check_seed, output_dir, positive_int
 from .benchmarking import StageSummary
 from .cases import Case
 from .fidelity import Fidelity
 from .memory import model_peak_mb
-from .results import Record
+from .results import Record, atomic_write_text
 from .stats import Latency
 
 RESULTS = "results.jsonl"
+META = "comparison.json"
+LOCK = ".lock"
 DONE = ("ok", "skipped")
 
 
@@ -85,7 +89,8 @@ class Comparison(Record):
         latest: dict[tuple, RunRecord] = {}
         corrupt: list[int] = []
         if path.exists():
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            text = path.read_bytes().decode("utf-8", errors="replace")  # a torn multibyte char is one bad line
+            for number, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -97,9 +102,8 @@ class Comparison(Record):
                     continue
                 latest[rec.key] = rec  # a retried run supersedes its earlier line
         records = list(latest.values())
-        meta = Path(out) / "comparison.json"
-        if meta.exists():
-            info = json.loads(meta.read_text())
+        info = _read_meta(Path(out))
+        if info:
             model, baseline = model or info.get("model", ""), baseline or info.get("baseline")
         baseline = baseline or (records[0].recipe if records else "")
         return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt)
@@ -201,10 +205,144 @@ def _peak_mb(r: RunRecord) -> float:
 
 
 def _append(path: Path, record: RunRecord) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record.to_dict()) + "\n")
+    """Append one JSON line and fsync it; on failure (a full disk) cut the file back to where it was."""
+    data = (json.dumps(record.to_dict()) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)", str(path))
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a torn line would swallow the next append on resume
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def repair_results(path: str | os.PathLike) -> int:
+    """Cut a torn last line (no trailing newline: a kill or a full disk mid-append) off ``path``.
+
+    The fragment is appended to ``<path>.corrupt`` and a warning names it, so the next append starts on
+    a fresh line instead of being glued to the fragment and lost. Returns the bytes cut off.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        fragment = data[keep:]
+        with open(path.with_name(path.name + ".corrupt"), "ab") as bad:
+            bad.write(fragment + b"\n")
+            bad.flush()
+            os.fsync(bad.fileno())
+        f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
+    warnings.warn(f"{path}: a torn last line ({len(fragment)} bytes) was moved to {path.name}.corrupt; "
+                  "its run will be done again", stacklevel=2)
+    return len(fragment)
+
+
+def _read_meta(out: Path) -> dict | None:
+    """``comparison.json`` as a dict, or None when absent; unreadable or not an object: a warning and None."""
+    meta = out / META
+    if not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{meta}: unreadable ({type(err).__name__}: {err})", stacklevel=3)
+        return None
+    if not isinstance(info, dict):
+        warnings.warn(f"{meta}: not a JSON object", stacklevel=3)
+        return None
+    return info
+
+
+def _identity(model: str, dtype: str, device: str, cases: Sequence[Case], seeds: Sequence[int], repeats: int,
+              warmup: int) -> dict:
+    """What a run directory's numbers depend on, besides the recipe: a resume must match it exactly."""
+    return {"model": model, "dtype": dtype, "device": device,
+            "cases": [c.to_dict() for c in cases], "seeds": list(seeds), "repeats": repeats, "warmup": warmup}
+
+
+def _check_resume(out: Path, info: dict | None, identity: dict, baseline: str, has_results: bool) -> None:
+    """Refuse to resume a run directory that was made with other settings (its numbers would be relabelled)."""
+    if info is None:
+        if has_results:
+            raise LabError(f"{str(out)!r} holds results but no readable {META}, so its settings cannot be "
+                           "checked; pass a new --out (or restore the file)")
+        return
+    recorded = info.get("identity")
+    if recorded is None:  # written before run identities were recorded: check what it has
+        recorded = {k: info[k] for k in ("model", "dtype") if k in info}
+    diffs = []
+    for name, value in identity.items():
+        if name in recorded and recorded[name] != value:
+            diffs.append(name if name == "cases" else f"{name} {recorded[name]!r} (now {value!r})")
+    if info.get("baseline") not in (None, baseline):
+        diffs.append(f"baseline {info['baseline']!r} (now {baseline!r})")
+    if diffs:
+        detail = "; ".join(d if " " in d else f"{d} (prompts, steps, size, guidance or seed differ)" for d in diffs)
+        raise LabError(f"run directory {str(out)!r} was made with other settings: {detail}. Resume it with the "
+                       "same settings (new recipes may be added), or pass a new --out")
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an exclusive lock on ``<out>/.lock`` for the whole sweep; a second process fails at once."""
+    import fcntl
+    import socket
+    import sys
+
+    path = out / LOCK
+    # Read-only descriptor: flock does not need write access, and an open writable file would keep the
+    # file system from being remounted read-only (the note below is written through a short-lived one).
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "another process"
+            raise LabError(f"run directory {str(out)!r} is in use by {holder}; wait for it to finish or pass "
+                           "another --out") from None
+        info = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} "
+                f"({' '.join(sys.argv)[:200]!r})")
+        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as note:
+            note.write(info)  # the lock itself is what matters; the note names the holder to a second process
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock; the file stays (unlinking it would race a waiter)
+
+
+def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
+    """One discarded load and call, so the baseline is measured in the same process state as the others.
+
+    The first pipeline call in a process grows its resident memory for good (thread pools, allocator
+    arenas, kernel caches); measured inside the first recipe, that growth would inflate its peak memory.
+    """
+    import torch
+
+    from .prepare import prepare
+
+    try:
+        prepared = prepare(model, plan, device=device, dtype=dtype, cases=[case], env=env, strict=False)
+        if prepared.pipe is not None:
+            call = prepared.cases[0].with_overrides(steps=min(prepared.cases[0].steps, 2))
+            prepared.pipe(generator=torch.Generator("cpu").manual_seed(call.seed), **call.pipeline_kwargs())
+    except Exception:  # noqa: BLE001 - priming is best effort: the real run records any failure
+        pass
+    finally:
+        prepared = None
+        gc.collect()
 
 
 def _fidelity(pipe, case: Case, out: Path, recipe: str, baseline: str, plans: dict, name: str):
@@ -240,92 +378,141 @@ def compare(
     dtype: str = "fp32",
     device: str = "auto",
     progress: bool = True,
+    prime: bool = True,
 ) -> Comparison:
     """Benchmark each recipe string (the first is the baseline) on every case and seed.
 
     Each recipe gets a freshly loaded pipeline; a recipe that cannot apply here is recorded as
     ``skipped`` with the reason; an exception or out-of-memory is recorded and the sweep goes on.
+    A model that cannot load at all stops the sweep with ``ModelUnavailableError``.
+
+    ``out`` is locked for the whole sweep (a second process fails at once) and records what the runs
+    were made with (``comparison.json``): resuming with another model, dtype, device, cases, seeds,
+    repeats or warm-up is refused; adding recipes to a finished run is allowed.
+
+    Args:
+        prime: one discarded load and call before the baseline, so run order cannot change peak memory.
     """
     from tqdm.auto import tqdm
 
     from .benchmarking import benchmark
-    from .env import Environment, RecipeEnv
-    from .models import weight_bytes
+    from .env import Environment, RecipeEnv, torch_dtype
+    from .models import ModelUnavailableError, check_model, weight_bytes
     from .prepare import prepare
     from .quality import psnr, ssim
     from .recipes import parse
 
+    check_model(model)  # a missing folder or malformed model_index.json: refused before out exists
     cases = [cases] if isinstance(cases, Case) else list(cases)
+    if isinstance(recipes, str):
+        raise LabError(f"recipes must be a list of recipe strings, got the string {recipes!r}")
     recipes = list(recipes)
     if not recipes:
         raise LabError("compare needs at least one recipe (the first is the baseline)")
     if not cases:
         raise LabError("compare needs at least one case")
+    if not all(isinstance(c, Case) for c in cases):
+        raise LabError(f"cases must be lab.Case objects, got {[type(c).__name__ for c in cases]}")
     positive_int("repeats", repeats)
     positive_int("warmup", warmup, minimum=0)
+    seeds = [check_seed(s) for s in (seeds if isinstance(seeds, (list, tuple, range)) else [seeds])]
     if not seeds:
         raise LabError("compare needs at least one seed")
+    if not all(isinstance(r, str) for r in recipes):
+        raise LabError(f"recipes must be recipe strings, got {recipes!r}")
+    # One key per (recipe, case, seed): a repeat would run and record twice. A repeated recipe or seed is the
+    # same run, so it is dropped (notebooks build lists like [BASELINE, CHOSEN] where CHOSEN may be the
+    # baseline); two different cases under one name cannot be told apart, so they are refused.
+    for kind, values in (("recipe", recipes), ("seed", seeds)):
+        if len(set(values)) < len(values):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            warnings.warn(f"{kind}s given more than once are measured once: {twice}", stacklevel=2)
+    recipes, seeds = list(dict.fromkeys(recipes)), list(dict.fromkeys(seeds))
+    names = [c.name for c in cases]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise LabError(f"case name {', '.join(repr(r) for r in repeated)} is given more than once; "
+                       "each case needs its own name")
     plans = {text: parse(text) for text in recipes}  # every name and combination checked before any work
-    out = writable_dir(out)
-    path = out / RESULTS
-    baseline = recipes[0]
-    meta = {"model": model, "baseline": baseline, "recipes": recipes, "dtype": dtype}
-    (out / "comparison.json").write_text(json.dumps(meta, indent=2))
-    existing = Comparison.load(out, model, baseline)
-    done = {r.key for r in existing.records if r.status in DONE}
-    env = RecipeEnv.detect(device)
+    torch_dtype(dtype)
+    env = RecipeEnv.detect(device)  # an unavailable device is refused here, before --out exists
     device = env.device
-    (out / "environment.json").write_text(Environment.capture(device).to_json())
+    baseline = recipes[0]
+    identity = _identity(model, dtype, device, cases, seeds, repeats, warmup)
+    with output_dir(out) as out, run_lock(out):
+        path = out / RESULTS
+        info = _read_meta(out)
+        repair_results(path)
+        _check_resume(out, info, identity, baseline, path.exists() and path.stat().st_size > 0)
+        known = [r for r in (info or {}).get("recipes", []) if isinstance(r, str)]
+        meta = {"model": model, "baseline": baseline, "recipes": list(dict.fromkeys(known + recipes)),
+                "dtype": dtype, "identity": identity}
+        atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+        existing = Comparison.load(out, model, baseline)
+        done = {r.key for r in existing.records if r.status in DONE}
+        atomic_write_text(out / "environment.json", Environment.capture(device).to_json() + "\n")
 
-    def now() -> str:
-        return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        def now() -> str:
+            return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-    jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
-    bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
-    bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
-    for text in recipes:
-        todo = [(c, s) for c, s in ((c, s) for c in cases for s in seeds) if (text, c.name, s) not in done]
-        if not todo:
-            continue
-        bar.set_postfix_str(text)
-        pipe, error, apply_s, reasons = None, None, None, None
+        jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
+        bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
+        bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
+        primed = not prime
         try:
-            prepared = prepare(model, plans[text], device=device, dtype=dtype, cases=cases, env=env, strict=False)
-            pipe, apply_s, reasons = prepared.pipe, prepared.apply_s, prepared.skipped
-            error = reasons
-        except Exception as err:  # a recipe that fails to apply is a result, not a crash
-            error = f"{type(err).__name__}: {err}"
-        overrides = plans[text].case_overrides()
-        for case, seed in todo:
-            run_case = case.with_overrides(seed=seed, **overrides)
-            base = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if reasons else "error",
-                             prompt=run_case.prompt, steps=run_case.steps, guidance=run_case.guidance,
-                             error=error, apply_s=apply_s, created=now())
-            if pipe is None:
-                _append(path, base)
-                bar.update()
-                continue
-            image_dir = out / "images" / slug(text)
-            named = run_case.with_overrides(name=f"{case.name}-s{seed}")
-            result = benchmark(pipe, named, warmup=warmup, repeats=repeats, image_dir=image_dir, progress=False)
-            c = result.cases[0]
-            if c.error:
-                base.status, base.error = _status(c.error), c.error
-            else:
-                base.status = "ok"
-                base.latency, base.first_call_s = c.latency, c.first_call_s
-                base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
-                base.rss_before_mb, base.cpu_percent, base.stages = c.rss_before_mb, c.cpu_percent, c.stages
-                base.weight_bytes = weight_bytes(pipe)
-                base.image = str(Path(c.image).relative_to(out))
-                reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"
-                if reference.exists():
-                    base.ssim, base.psnr = ssim(c.image, reference), psnr(c.image, reference)
-                base.fidelity, base.fidelity_note = _fidelity(pipe, run_case, out, text, baseline, plans,
-                                                              f"{case.name}-s{seed}")
-            _append(path, base)
-            bar.update()
-        del pipe
-        gc.collect()
-    bar.close()
-    return Comparison.load(out, model, baseline)
+            for text in recipes:
+                todo = [(c, s) for c, s in ((c, s) for c in cases for s in seeds) if (text, c.name, s) not in done]
+                if not todo:
+                    continue
+                bar.set_postfix_str(text)
+                if not primed:
+                    _prime(model, plans[baseline], todo[0][0].with_overrides(seed=todo[0][1]), device, dtype, env)
+                    primed = True
+                pipe, error, apply_s, reasons = None, None, None, None
+                try:
+                    prepared = prepare(model, plans[text], device=device, dtype=dtype, cases=cases, env=env,
+                                       strict=False)
+                    pipe, apply_s, reasons = prepared.pipe, prepared.apply_s, prepared.skipped
+                    error = reasons
+                except ModelUnavailableError:
+                    raise  # the model, not the recipe: nothing in this sweep can run
+                except Exception as err:  # a recipe that fails to apply is a result, not a crash
+                    error = f"{type(err).__name__}: {err}"
+                prepared = None
+                overrides = plans[text].case_overrides()
+                for case, seed in todo:
+                    run_case = case.with_overrides(seed=seed, **overrides)
+                    base = RunRecord(recipe=text, case=case.name, seed=seed,
+                                     status="skipped" if reasons else "error", prompt=run_case.prompt,
+                                     steps=run_case.steps, guidance=run_case.guidance, error=error,
+                                     apply_s=apply_s, created=now())
+                    if pipe is None:
+                        _append(path, base)
+                        bar.update()
+                        continue
+                    image_dir = out / "images" / slug(text)
+                    named = run_case.with_overrides(name=f"{case.name}-s{seed}")
+                    result = benchmark(pipe, named, warmup=warmup, repeats=repeats, image_dir=image_dir,
+                                       progress=False)
+                    c = result.cases[0]
+                    if c.error:
+                        base.status, base.error = _status(c.error), c.error
+                    else:
+                        base.status = "ok"
+                        base.latency, base.first_call_s = c.latency, c.first_call_s
+                        base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
+                        base.rss_before_mb, base.cpu_percent, base.stages = c.rss_before_mb, c.cpu_percent, c.stages
+                        base.weight_bytes = weight_bytes(pipe)
+                        base.image = str(Path(c.image).relative_to(out))
+                        reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"
+                        if reference.exists():
+                            base.ssim, base.psnr = ssim(c.image, reference), psnr(c.image, reference)
+                        base.fidelity, base.fidelity_note = _fidelity(pipe, run_case, out, text, baseline, plans,
+                                                                      f"{case.name}-s{seed}")
+                    _append(path, base)
+                    bar.update()
+                del pipe
+                gc.collect()
+        finally:
+            bar.close()
+        return Comparison.load(out, model, baseline)

@@ -9,6 +9,7 @@ offline tests and demos.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ._checks import LabError
@@ -47,6 +48,8 @@ def make_lora(pipe, path: str | os.PathLike, *, rank: int = 4, seed: int = 0, st
 def _check_file(path: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
+    if path.is_dir():
+        raise LabError(f"LoRA path {str(path)!r} is a directory, pass the .safetensors file inside it")
     if not path.is_file():
         raise LabError(f"LoRA file {str(path)!r} does not exist")
     try:
@@ -59,33 +62,93 @@ def _check_file(path: Path) -> None:
         raise LabError(f"LoRA file {str(path)!r} holds no tensors")
 
 
-def _lora_layers(pipe) -> int:
-    return sum(1 for name, _ in pipe.unet.named_modules() if name.endswith("lora_A"))
+def _lora_modules(pipe) -> dict[str, object]:
+    """The components a LoRA can change (UNet, text encoders), by name."""
+    import torch
+
+    names = getattr(pipe, "_lora_loadable_modules", None) or ("unet", "text_encoder", "text_encoder_2")
+    return {n: m for n in names if isinstance(m := getattr(pipe, n, None), torch.nn.Module)}
+
+
+def _adapters(pipe) -> dict[str, frozenset[str] | None]:
+    """Per component: the names of its peft adapters, or None where it has no peft layers at all."""
+    out = {}
+    for name, module in _lora_modules(pipe).items():
+        config = getattr(module, "peft_config", None)
+        out[name] = frozenset(config) if config is not None else None
+    return out
+
+
+def _adapter_layers(pipe, adapter_name: str) -> int:
+    """LoRA layers holding ``adapter_name`` (empty peft wrappers left by another attempt do not count)."""
+    return sum(1 for name, _ in pipe.unet.named_modules() if name.endswith(f"lora_A.{adapter_name}"))
+
+
+def _rollback(pipe, before: dict[str, frozenset[str] | None]) -> None:
+    """Remove exactly what a failed load added: new adapters, and peft layers where there were none."""
+    from diffusers.utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in _lora_modules(pipe).items():
+        had = before.get(name)
+        config = getattr(module, "peft_config", None)
+        if config is None:
+            continue
+        if had is None:  # the component had no LoRA: strip every peft wrapper the attempt injected
+            recurse_remove_peft_layers(module)
+            if hasattr(module, "peft_config"):
+                del module.peft_config
+            if hasattr(module, "_hf_peft_config_loaded"):
+                module._hf_peft_config_loaded = None
+            continue
+        for adapter in set(config) - had:  # keep the adapters that were there before
+            for layer in module.modules():
+                if isinstance(layer, BaseTunerLayer) and adapter in getattr(layer, "lora_A", {}):
+                    layer.delete_adapter(adapter)
+            config.pop(adapter, None)
 
 
 def load_lora(pipe, path: str | os.PathLike, *, scale: float = 1.0, adapter_name: str = "lab"):
     """Load a local safetensors LoRA into ``pipe`` with weight ``scale``; the pipeline is unchanged on error."""
+    import logging
+
+    from ._checks import check_text, finite_number
+
     path = Path(path)
+    finite_number("scale", scale)
+    check_text("adapter_name", adapter_name)
     _check_file(path)
-    before = _lora_layers(pipe)
+    before = _adapters(pipe)
+    if any(adapter_name in (names or ()) for names in before.values()):
+        raise LabError(f"an adapter named {adapter_name!r} is already loaded; pass another adapter_name or "
+                       "call pipe.delete_adapters first")
+    from diffusers.utils import logging as diffusers_logging
+
+    peft_log = logging.getLogger("peft")
+    level, diffusers_level = peft_log.level, diffusers_logging.get_verbosity()
+    peft_log.setLevel(logging.ERROR)
+    # diffusers logs the whole state-dict mismatch (dozens of lines) before raising: our one-line error says it.
+    diffusers_logging.set_verbosity(logging.CRITICAL)
     try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-    except (RuntimeError, ValueError, KeyError) as err:
-        _remove(pipe, adapter_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+        if _adapter_layers(pipe, adapter_name) == 0:
+            raise LabError(f"LoRA {str(path)!r} matched no layer of this pipeline: it is for another architecture")
+        pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    except LabError:
+        _rollback(pipe, before)
+        raise
+    except Exception as err:  # any failure: the pipeline must come back exactly as it was
+        _rollback(pipe, before)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        first = next((line for line in lines if "mismatch" in line or "Missing" in line), lines[0])[:300]
         raise LabError(f"LoRA {str(path)!r} does not fit this {type(pipe.unet).__name__} (another architecture?): "
-                       f"{str(err).splitlines()[0][:300]}") from None
-    if _lora_layers(pipe) == before:
-        _remove(pipe, adapter_name)
-        raise LabError(f"LoRA {str(path)!r} matched no layer of this pipeline: it is for another architecture")
-    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+                       f"{first}") from None
+    finally:
+        peft_log.setLevel(level)
+        diffusers_logging.set_verbosity(diffusers_level)
     return pipe
-
-
-def _remove(pipe, adapter_name: str) -> None:
-    try:
-        pipe.delete_adapters(adapter_name)
-    except (ValueError, KeyError, AttributeError):
-        pass
 
 
 def fuse(pipe, scale: float = 1.0):

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ._checks import LabError
+from ._checks import LabError, read_text_file
 from .env import REPO_ROOT, resolve_device, torch_dtype
-from ._quiet import quiet_diffusers
+from ._quiet import quiet_diffusers, quiet_transformers
 from .schedulers import set_scheduler
 
 DATA = REPO_ROOT / "data"
@@ -150,7 +150,8 @@ def build_embedded(name: str, *, empty: bool = False):
         torch.manual_seed(spec.seed + i)
         with init_empty_weights() if empty else contextlib.nullcontext():
             components[comp] = _build_component(spec, comp, library, cls_name)
-    pipeline_cls = getattr(diffusers, index["_class_name"])
+    with quiet_transformers():  # importing the pipeline class imports image processors lab never uses
+        pipeline_cls = getattr(diffusers, index["_class_name"])
     optional = {k: None for k in _SKIPPED_COMPONENTS if k in pipeline_cls._optional_components}
     if "requires_safety_checker" in index:
         optional["requires_safety_checker"] = False
@@ -247,7 +248,7 @@ def _unavailable(model: str, why: str) -> ModelUnavailableError:
     hint = f" Did you mean the embedded {' or '.join(repr(c) for c in close)}?" if close else ""
     return ModelUnavailableError(
         f"cannot load model {model!r}: {why}.{hint} Use an embedded model "
-        f"({', '.join(EMBEDDED)}), or download the pipeline elsewhere (e.g. `huggingface-cli download "
+        f"({', '.join(EMBEDDED)}), or download the pipeline elsewhere (e.g. `hf download "
         f"{model} --local-dir ./models/x`) and pass that local folder as the model."
     )
 
@@ -256,14 +257,44 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", "")
 
 
+def check_model(model: object) -> str:
+    """Refuse, without loading anything, a model that cannot be: an empty name, a missing folder, a folder
+    without a readable ``model_index.json``. Hub ids pass (only loading can tell)."""
+    if not isinstance(model, str) or not model.strip():
+        raise LabError(f"model must be a non-empty string, got {model!r}; embedded models: {', '.join(EMBEDDED)}.")
+    if model in EMBEDDED:
+        return model
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise _unavailable(model, f"folder {str(path)!r} has no model_index.json (not a diffusers pipeline)")
+        try:
+            info = json.loads(read_text_file(index, "model index"))
+        except json.JSONDecodeError as err:
+            raise ModelUnavailableError(f"{str(index)!r} is not valid JSON ({err}); "
+                                        "a diffusers folder needs a model_index.json object") from None
+        if not isinstance(info, dict) or not isinstance(info.get("_class_name"), str):
+            raise ModelUnavailableError(f"{str(index)!r} is not a diffusers model index "
+                                        "(a JSON object with a '_class_name' string)")
+    elif path.exists():
+        raise _unavailable(model, f"{str(path)!r} is a file, not a diffusers folder")
+    elif _looks_like_path(model):
+        raise _unavailable(model, f"no such folder {str(path)!r}")
+    return model
+
+
 def _from_pretrained(model: str, dtype):
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise _unavailable(model, f"folder {str(path)!r} has no model_index.json (not a diffusers pipeline)")
-        return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        check_model(model)
+        try:
+            return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise ModelUnavailableError(f"cannot load the diffusers folder {str(path)!r}: {first}") from None
     if _looks_like_path(model):
         raise _unavailable(model, f"no such folder {str(path)!r}")
     try:  # already in the local hub cache: no network needed
@@ -290,8 +321,7 @@ def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto"
     from .schedulers import SCHEDULERS
     from ._checks import choose
 
-    if not isinstance(model, str) or not model.strip():
-        raise LabError(f"model must be a non-empty string, got {model!r}; embedded models: {', '.join(EMBEDDED)}.")
+    check_model(model)
     torch_dt = torch_dtype(dtype)
     device = resolve_device(device)
     if scheduler is not None:

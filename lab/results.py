@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T", bound="Record")
 
@@ -30,6 +33,42 @@ def _decode(tp: Any, value: Any) -> Any:
     if origin is dict:
         return {k: _decode(args[1], v) for k, v in value.items()} if args else dict(value)
     return value
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, then rename.
+
+    Readers see the old file or the whole new one, never a partial or 0-byte file: on any failure
+    (a full disk, a read-only remount, Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (see ``atomic_write``)."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Replace ``path`` with ``text`` atomically (see ``atomic_write``)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def save_image(image, path: str | os.PathLike) -> Path:
+    """Save a PIL image as PNG atomically: no 0-byte or truncated PNG is ever left at ``path``."""
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 class Record:
@@ -57,10 +96,7 @@ class Record:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # never leave a half-written results file behind
-        return path
+        return atomic_write_text(path, self.to_json() + "\n")  # never a half-written results file
 
     @classmethod
     def load(cls: type[T], path: str | os.PathLike) -> T:

@@ -62,6 +62,7 @@ def diagnose_run(model: str, case: Case, *, out: str | os.PathLike = "runs/diagn
     from .monitor import ResourceMonitor
     from .prepare import prepare
     from .profiling import profile
+    from .results import atomic_write_text
 
     if record_steps > case.steps:
         from ._checks import LabError
@@ -92,6 +93,6 @@ def diagnose_run(model: str, case: Case, *, out: str | os.PathLike = "runs/diagn
     plots.plot_utilisation(run.flops, path=out / "utilisation.png")
     run.diagnosis = diagnose(bench, profile=prof, flops=run.flops, thresholds=thresholds)
     artifacts["diagnosis"] = str(run.diagnosis.save(out / "diagnosis.json"))
-    (out / "diagnosis.md").write_text(run.diagnosis.to_markdown() + "\n", encoding="utf-8")
+    atomic_write_text(out / "diagnosis.md", run.diagnosis.to_markdown() + "\n")
     artifacts["diagnosis_md"] = str(out / "diagnosis.md")
     return run

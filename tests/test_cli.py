@@ -30,8 +30,10 @@ def test_bench_end_to_end(tmp_path):
     result = BenchmarkResult.load(tmp_path / "x" / "results.json")
     assert [c.latency.n for c in result.cases] == [2, 2]
     assert all(c.case.steps == 2 for c in result.cases)
-    assert sorted(p.name for p in (tmp_path / "x" / "images").iterdir()) == ["astronaut.png", "landscape.png"]
-    assert "| astronaut" in out.stdout and "results.json" in out.stdout
+    # tiny (the default model) defaults to the shapes prompt set it was trained for
+    assert sorted(p.name for p in (tmp_path / "x" / "images").iterdir()) == [
+        "red-circle-blue-circle-black.png", "red-triangle-gray.png"]
+    assert "| red-triangle-gray" in out.stdout and "results.json" in out.stdout
     assert "benchmark:" not in out.stderr  # --quiet: no progress bar
 
 
@@ -84,7 +86,7 @@ def test_diagnose_writes_every_artifact(tmp_path):
     assert ProfileResult.load(tmp_path / "profile.json").record_steps == 2
     assert FlopsReport.load(tmp_path / "flops.json").stage("unet").flops > 0
     assert isinstance(Diagnosis.load(tmp_path / "diagnosis.json").findings, list)
-    assert list((tmp_path / "tensorboard" / "tiny-astronaut").glob("*.pt.trace.json"))
+    assert list((tmp_path / "tensorboard" / "tiny-red-circle-blue-circle-black").glob("*.pt.trace.json"))
     assert "tensorboard --logdir" in out.stdout and "| rule" in out.stdout
 
 
