@@ -23,6 +23,7 @@ from pathlib import Path
 from ._checks import LabError, check_seed, output_dir, positive_int
 from .benchmarking import StageSummary
 from .cases import Case
+from .env import RecipeEnv
 from .fidelity import Fidelity
 from .memory import model_peak_mb
 from .results import Record, atomic_write_text
@@ -395,11 +396,35 @@ def compare(
     """
     from tqdm.auto import tqdm
 
-    from .benchmarking import benchmark
-    from .env import Environment, RecipeEnv, torch_dtype
-    from .models import ModelUnavailableError, check_model, weight_bytes
-    from .prepare import prepare
-    from .quality import psnr, ssim
+    cases, recipes, seeds, plans, env = _checked(model, recipes, cases, seeds, repeats, warmup, dtype, device)
+    baseline = recipes[0]
+    identity = _identity(model, dtype, env.device, cases, seeds, repeats, warmup)
+    with output_dir(out) as out, run_lock(out):
+        done = _open_run(out, model, baseline, recipes, dtype, identity, env.device)
+        sweep = _Sweep(model, dtype, env, cases, plans, baseline, out, warmup, repeats)
+        jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
+        bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
+        bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
+        primed = not prime
+        try:
+            for text in recipes:
+                todo = [(c, s) for c in cases for s in seeds if (text, c.name, s) not in done]
+                if not todo:
+                    continue
+                bar.set_postfix_str(text)
+                if not primed:
+                    _prime(model, plans[baseline], todo[0][0].with_overrides(seed=todo[0][1]), env.device, dtype, env)
+                    primed = True
+                sweep.run_recipe(text, todo, bar.update)
+        finally:
+            bar.close()
+        return Comparison.load(out, model, baseline)
+
+
+def _checked(model, recipes, cases, seeds, repeats, warmup, dtype, device):
+    """compare()'s arguments checked before any work: (cases, recipes, seeds, plans, env)."""
+    from .env import torch_dtype
+    from .models import check_model
     from .recipes import parse
 
     check_model(model)  # a missing folder or malformed model_index.json: refused before out exists
@@ -426,7 +451,7 @@ def compare(
     for kind, values in (("recipe", recipes), ("seed", seeds)):
         if len(set(values)) < len(values):
             twice = sorted({str(v) for v in values if values.count(v) > 1})
-            warnings.warn(f"{kind}s given more than once are measured once: {twice}", stacklevel=2)
+            warnings.warn(f"{kind}s given more than once are measured once: {twice}", stacklevel=3)
     recipes, seeds = list(dict.fromkeys(recipes)), list(dict.fromkeys(seeds))
     names = [c.name for c in cases]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -436,83 +461,93 @@ def compare(
     plans = {text: parse(text) for text in recipes}  # every name and combination checked before any work
     torch_dtype(dtype)
     env = RecipeEnv.detect(device)  # an unavailable device is refused here, before --out exists
-    device = env.device
-    baseline = recipes[0]
-    identity = _identity(model, dtype, device, cases, seeds, repeats, warmup)
-    with output_dir(out) as out, run_lock(out):
-        path = out / RESULTS
-        info = _read_meta(out)
-        repair_results(path)
-        _check_resume(out, info, identity, baseline, path.exists() and path.stat().st_size > 0)
-        known = [r for r in (info or {}).get("recipes", []) if isinstance(r, str)]
-        meta = {"model": model, "baseline": baseline, "recipes": list(dict.fromkeys(known + recipes)),
-                "dtype": dtype, "identity": identity}
-        atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
-        existing = Comparison.load(out, model, baseline)
-        done = {r.key for r in existing.records if r.status in DONE}
-        atomic_write_text(out / "environment.json", Environment.capture(device).to_json() + "\n")
+    return cases, recipes, seeds, plans, env
 
-        def now() -> str:
-            return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-        jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
-        bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
-        bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
-        primed = not prime
+def _open_run(out: Path, model: str, baseline: str, recipes: list[str], dtype: str, identity: dict,
+              device: str) -> set[tuple]:
+    """Check a resume against what ``out`` was made with, record this sweep; the keys already done."""
+    from .env import Environment
+
+    path = out / RESULTS
+    info = _read_meta(out)
+    repair_results(path)
+    _check_resume(out, info, identity, baseline, path.exists() and path.stat().st_size > 0)
+    known = [r for r in (info or {}).get("recipes", []) if isinstance(r, str)]
+    meta = {"model": model, "baseline": baseline, "recipes": list(dict.fromkeys(known + recipes)),
+            "dtype": dtype, "identity": identity}
+    atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    existing = Comparison.load(out, model, baseline)
+    atomic_write_text(out / "environment.json", Environment.capture(device).to_json() + "\n")
+    return {r.key for r in existing.records if r.status in DONE}
+
+
+# what a run record takes from a successful benchmark case
+_MEASURED = ("latency", "first_call_s", "peak_rss_mb", "rss_before_mb", "peak_cuda_allocated_mb", "cpu_percent",
+             "stages")
+
+
+@dataclass
+class _Sweep:
+    """What every run of one compare() shares: one recipe at a time, on a freshly prepared pipeline."""
+
+    model: str
+    dtype: str
+    env: RecipeEnv
+    cases: list[Case]
+    plans: dict
+    baseline: str
+    out: Path
+    warmup: int
+    repeats: int
+
+    def run_recipe(self, text: str, todo: list[tuple[Case, int]], tick) -> None:
+        from .models import ModelUnavailableError
+        from .prepare import prepare
+
+        pipe, error, apply_s, skipped = None, None, None, None
         try:
-            for text in recipes:
-                todo = [(c, s) for c, s in ((c, s) for c in cases for s in seeds) if (text, c.name, s) not in done]
-                if not todo:
-                    continue
-                bar.set_postfix_str(text)
-                if not primed:
-                    _prime(model, plans[baseline], todo[0][0].with_overrides(seed=todo[0][1]), device, dtype, env)
-                    primed = True
-                pipe, error, apply_s, reasons = None, None, None, None
-                try:
-                    prepared = prepare(model, plans[text], device=device, dtype=dtype, cases=cases, env=env,
-                                       strict=False)
-                    pipe, apply_s, reasons = prepared.pipe, prepared.apply_s, prepared.skipped
-                    error = reasons
-                except ModelUnavailableError:
-                    raise  # the model, not the recipe: nothing in this sweep can run
-                except Exception as err:  # a recipe that fails to apply is a result, not a crash
-                    error = f"{type(err).__name__}: {err}"
-                prepared = None
-                overrides = plans[text].case_overrides()
-                for case, seed in todo:
-                    run_case = case.with_overrides(seed=seed, **overrides)
-                    base = RunRecord(recipe=text, case=case.name, seed=seed,
-                                     status="skipped" if reasons else "error", prompt=run_case.prompt,
-                                     steps=run_case.steps, guidance=run_case.guidance, error=error,
-                                     apply_s=apply_s, created=now())
-                    if pipe is None:
-                        _append(path, base)
-                        bar.update()
-                        continue
-                    image_dir = out / "images" / slug(text)
-                    named = run_case.with_overrides(name=f"{case.name}-s{seed}")
-                    result = benchmark(pipe, named, warmup=warmup, repeats=repeats, image_dir=image_dir,
-                                       progress=False)
-                    c = result.cases[0]
-                    if c.error:
-                        base.status, base.error = _status(c.error), c.error
-                    else:
-                        base.status = "ok"
-                        base.latency, base.first_call_s = c.latency, c.first_call_s
-                        base.peak_rss_mb, base.peak_cuda_allocated_mb = c.peak_rss_mb, c.peak_cuda_allocated_mb
-                        base.rss_before_mb, base.cpu_percent, base.stages = c.rss_before_mb, c.cpu_percent, c.stages
-                        base.weight_bytes = weight_bytes(pipe)
-                        base.image = str(Path(c.image).relative_to(out))
-                        reference = out / "images" / slug(baseline) / f"{case.name}-s{seed}.png"
-                        if reference.exists():
-                            base.ssim, base.psnr = ssim(c.image, reference), psnr(c.image, reference)
-                        base.fidelity, base.fidelity_note = _fidelity(pipe, run_case, out, text, baseline, plans,
-                                                                      f"{case.name}-s{seed}")
-                    _append(path, base)
-                    bar.update()
-                del pipe
-                gc.collect()
-        finally:
-            bar.close()
-        return Comparison.load(out, model, baseline)
+            prepared = prepare(self.model, self.plans[text], device=self.env.device, dtype=self.dtype,
+                               cases=self.cases, env=self.env, strict=False)
+            pipe, apply_s, skipped = prepared.pipe, prepared.apply_s, prepared.skipped
+            error = skipped
+        except ModelUnavailableError:
+            raise  # the model, not the recipe: nothing in this sweep can run
+        except Exception as err:  # a recipe that fails to apply is a result, not a crash
+            error = f"{type(err).__name__}: {err}"
+        for case, seed in todo:
+            record = self.run_case(pipe, text, case, seed, apply_s, error, skipped)
+            _append(self.out / RESULTS, record)
+            tick()
+        del pipe
+        gc.collect()
+
+    def run_case(self, pipe, text: str, case: Case, seed: int, apply_s, error, skipped) -> RunRecord:
+        from .benchmarking import benchmark
+        from .models import weight_bytes
+        from .quality import psnr, ssim
+
+        run_case = case.with_overrides(seed=seed, **self.plans[text].case_overrides())
+        record = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if skipped else "error",
+                           prompt=run_case.prompt, steps=run_case.steps, guidance=run_case.guidance, error=error,
+                           apply_s=apply_s, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        if pipe is None:
+            return record
+        name = f"{case.name}-s{seed}"
+        result = benchmark(pipe, run_case.with_overrides(name=name), warmup=self.warmup, repeats=self.repeats,
+                           image_dir=self.out / "images" / slug(text), progress=False)
+        c = result.cases[0]
+        if c.error:
+            record.status, record.error = _status(c.error), c.error
+            return record
+        record.status = "ok"
+        for field_name in _MEASURED:
+            setattr(record, field_name, getattr(c, field_name))
+        record.weight_bytes = weight_bytes(pipe)
+        record.image = str(Path(c.image).relative_to(self.out))
+        reference = self.out / "images" / slug(self.baseline) / f"{name}.png"
+        if reference.exists():
+            record.ssim, record.psnr = ssim(c.image, reference), psnr(c.image, reference)
+        record.fidelity, record.fidelity_note = _fidelity(pipe, run_case, self.out, text, self.baseline, self.plans,
+                                                          name)
+        return record
