@@ -187,7 +187,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .notebooks import notebook_paths, run_notebook
+    from .notebooks import notebook_paths, run_demo
 
     out = writable_dir(args.out)
     paths = notebook_paths(args.notebooks)
@@ -197,15 +197,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                            "--out", str(out / "bench")] + (["--quiet"] if args.quiet else []))
         return cmd_bench(bench)
     env = {"LAB_MODEL": args.model, "LAB_DEVICE": args.device}
-    failed = 0
-    for path in paths:
-        print(f"running {path.name} ...", flush=True)
-        run = run_notebook(path, out, timeout=args.timeout, env=env)
-        status = f"FAILED: {run.error}" if run.error else "ok"
-        print(f"  {status} in {run.seconds:.0f} s -> {run.executed}", flush=True)
-        failed += bool(run.error)
-    print(f"\nartifacts (executed notebooks, traces, plots, reports): {out.resolve()}")
-    return 1 if failed else 0
+    runs, _ = run_demo(out, paths, env=env, timeout=args.timeout)
+    return 1 if any(r.error for r in runs) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -289,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="tiny", help="model every notebook uses (LAB_MODEL)")
     demo.add_argument("--device", default="auto", help="device every notebook uses (LAB_DEVICE)")
     demo.add_argument("--notebooks", nargs="*", default=None, help="only notebooks whose name starts so (e.g. 01)")
-    demo.add_argument("--timeout", type=_positive, default=600, help="seconds per cell")
+    demo.add_argument("--timeout", type=_positive, default=None, help="seconds per cell (default: no limit)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
