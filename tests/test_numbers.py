@@ -1,0 +1,99 @@
+"""Every number agrees with every other: one speed-up, outliers flagged, takeaways computed from results."""
+
+import math
+
+import pytest
+from PIL import Image
+
+import lab
+from lab.experiments import Comparison, RunRecord
+from lab.reporting import before_after, outlier_notes
+from lab.stats import Latency, geomean
+
+# the issue's case: fp32 0.677 s, a recipe that is faster on one case and slower on the other, and one
+# 105 s repeat that the medians must resist and the table must flag
+LATENCIES = {
+    ("fp32", "a"): [0.60, 0.61, 0.62], ("fp32", "b"): [0.75, 0.76, 0.74],
+    ("bf16", "a"): [0.40, 0.41, 0.42], ("bf16", "b"): [0.90, 0.91, 105.0],
+    ("quanto-unet-int8w", "a"): [0.70, 0.71, 0.72], ("quanto-unet-int8w", "b"): [0.80, 0.81, 0.82],
+}
+
+
+@pytest.fixture
+def cmp(tmp_path):
+    records = []
+    for (recipe, case), values in LATENCIES.items():
+        folder = tmp_path / "images" / recipe
+        folder.mkdir(parents=True, exist_ok=True)
+        shade = {"fp32": 200, "bf16": 198, "quanto-unet-int8w": 190}[recipe]
+        Image.new("RGB", (64, 64), (shade, 40, 40)).save(folder / f"{case}-s0.png")
+        records.append(RunRecord(recipe=recipe, case=case, seed=0, status="ok", prompt="x", steps=20,
+                                 latency=Latency.from_values(values), first_call_s=1.0, peak_rss_mb=500.0,
+                                 rss_before_mb=450.0, cpu_percent=180.0, weight_bytes={"unet": 2**20},
+                                 ssim=1.0 if recipe == "fp32" else 0.95, psnr=40.0,
+                                 image=f"images/{recipe}/{case}-s0.png"))
+    records.append(RunRecord(recipe="model-cpu-offload", case="a", seed=0, status="skipped", error="needs CUDA"))
+    return Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records)
+
+
+def test_latency_change_and_speedup_are_one_number(cmp):
+    frame = cmp.to_frame()
+    base = frame.loc["fp32", "latency_s"]
+    for recipe in ("bf16", "quanto-unet-int8w"):
+        assert base / frame.loc[recipe, "latency_s"] == pytest.approx(frame.loc[recipe, "speedup"], rel=1e-12)
+    # geometric means of run medians, and of per-case ratios
+    assert frame.loc["fp32", "latency_s"] == pytest.approx(math.sqrt(0.61 * 0.75))
+    assert frame.loc["bf16", "speedup"] == pytest.approx(math.sqrt((0.61 / 0.41) * (0.75 / 0.91)))
+    assert frame.loc["fp32", "speedup"] == pytest.approx(1.0)
+
+
+def test_a_105_s_repeat_is_flagged_and_does_not_move_the_latency(cmp):
+    frame = cmp.to_frame()
+    assert frame.loc["bf16", "outliers"] == 1 and frame.loc["fp32", "outliers"] == 0
+    assert frame.loc["bf16", "slowest_repeat_s"] == 105.0
+    assert frame.loc["bf16", "latency_s"] < 1.0
+    assert [(r.recipe, r.case) for r in cmp.outlier_runs()] == [("bf16", "b")]
+    notes = outlier_notes(cmp)
+    assert len(notes) == 1 and "105.000 s" in notes[0] and "`bf16` on b" in notes[0]
+
+
+def test_narrow_table_by_default_full_on_request(cmp):
+    narrow, full = cmp.to_frame(full=False), cmp.to_frame()
+    assert list(narrow.columns) == ["status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb",
+                                    "ssim", "psnr", "outliers", "reason"]
+    assert {"first_call_s", "apply_s", "peak_mem_delta_mb", "runs", "ok"} <= set(full.columns)
+    assert narrow.loc["model-cpu-offload", "reason"] == "needs CUDA"
+    assert "first_call_s" not in cmp.to_markdown() and "first_call_s" in cmp.to_markdown(full=True)
+
+
+def test_before_after_states_the_same_change_as_the_speedup(cmp):
+    quality = lab.evaluate(cmp)
+    table = before_after(cmp, "bf16", quality)
+    speedup = cmp.to_frame().loc["bf16", "speedup"]
+    latency = table.loc[table.index[0]]
+    assert latency["change"] == f"{1 / speedup - 1:+.1%}"
+    assert latency["bf16"] == pytest.approx(latency["fp32"] / speedup)
+    assert table.loc["runs with an outlier repeat", "bf16"] == 1
+
+
+def test_report_flags_outliers_and_keeps_the_recipe_table_narrow(cmp, tmp_path):
+    paths = lab.report(cmp, tmp_path / "report", recipe="bf16")
+    md = paths["markdown"].read_text()
+    assert "## Outliers" in md and "105.000 s" in md
+    all_recipes = md.split("## All recipes\n")[1].split("\n## ")[0]
+    widest = max(len(line) for line in all_recipes.splitlines())
+    assert "first_call_s" not in all_recipes and widest < 160
+    assert "## All recipes, every column" in md
+    page = paths["html"].read_text()
+    assert "<details><summary>every column</summary>" in page and "<h2>Outliers</h2>" in page
+
+
+def test_outlier_limit_and_geomean():
+    assert not Latency.from_values([1.0, 1.1]).has_outlier  # two values: no way to tell which one is off
+    assert Latency.from_values([1.0, 1.05, 2.5]).has_outlier
+    assert not Latency.from_values([1.0, 1.05, 1.9]).has_outlier
+    many = Latency.from_values([1.0, 1.01, 1.02, 1.0, 0.99, 1.0, 1.01, 1.5])
+    assert many.has_outlier and many.outlier_limit < 1.5
+    assert geomean([2.0, 8.0]) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        geomean([])
