@@ -6,6 +6,8 @@ import pytest
 from PIL import Image
 
 import lab
+from lab import plots
+from lab.benchmarking import StageSummary
 from lab.experiments import Comparison, RunRecord
 from lab.reporting import before_after, outlier_notes
 from lab.stats import Latency, geomean
@@ -31,6 +33,7 @@ def cmp(tmp_path):
                                  latency=Latency.from_values(values), first_call_s=1.0, peak_rss_mb=500.0,
                                  rss_before_mb=450.0, cpu_percent=180.0, weight_bytes={"unet": 2**20},
                                  ssim=1.0 if recipe == "fp32" else 0.95, psnr=40.0,
+                                 stages=StageSummary(0.01, 0.5, 0.025, 0.08, 0.02, []),
                                  image=f"images/{recipe}/{case}-s0.png"))
     records.append(RunRecord(recipe="model-cpu-offload", case="a", seed=0, status="skipped", error="needs CUDA"))
     return Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records)
@@ -97,3 +100,56 @@ def test_outlier_limit_and_geomean():
     assert geomean([2.0, 8.0]) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         geomean([])
+
+
+LONG = ["fp32", "bf16+channels-last+fused-qkv+dpmpp-2m-karras+steps-4", "quanto-unet-int8w-int8a+vae-tiling",
+        *[f"recipe-number-{i}+channels-last" for i in range(9)]]
+
+
+@pytest.fixture
+def wide(tmp_path):
+    records = []
+    for i, recipe in enumerate(LONG):
+        folder = tmp_path / "images" / recipe
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (200 - i, 40, 40)).save(folder / "a-s0.png")
+        records.append(RunRecord(recipe=recipe, case="a", seed=0, status="ok", prompt="x", steps=20,
+                                 latency=Latency.from_values([0.5 + 0.05 * i] * 3), peak_rss_mb=500.0,
+                                 rss_before_mb=450.0, weight_bytes={"unet": 2**20 * (i + 1)}, ssim=1.0 - i / 50,
+                                 psnr=40.0, stages=StageSummary(0.01, 0.4 + 0.05 * i, 0.02, 0.08, 0.02, []),
+                                 image=f"images/{recipe}/a-s0.png"))
+    return Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records)
+
+
+@pytest.mark.parametrize("name", ["plot_latency", "plot_speedup", "plot_memory", "plot_stage_breakdown",
+                                  "plot_image_grid"])
+def test_long_recipe_names_are_never_clipped_or_colliding(wide, name):
+    fig = getattr(plots, name)(wide)
+    assert fig.get_size_inches()[0] <= 7.01 or name == "plot_image_grid"
+    assert plots.layout_problems(fig) == []
+
+
+def test_layout_check_sees_a_clipped_and_a_colliding_label():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))  # no constrained layout: long rotated-free labels collide
+    ax.bar([f"a-very-long-recipe-name-{i}" for i in range(6)], range(6))
+    problems = plots.layout_problems(fig)
+    plt.close(fig)
+    assert any(p.startswith("overlap") for p in problems)
+
+
+def test_wrap_label_breaks_at_plus():
+    assert plots.wrap_label("bf16+channels-last+fused-qkv", 20) == "bf16+channels-last+\nfused-qkv"
+    assert all(len(line) <= 30 for line in plots.wrap_label("a" * 50 + "+b").splitlines())
+
+
+def test_stage_comparison_shows_baseline_and_recipe(tiny_pipe):
+    case = lab.Case("a red circle on the left, white background", steps=2, name="c")
+    results = {"fp32": lab.benchmark(tiny_pipe, case, warmup=0, repeats=1, progress=False),
+               "bf16": lab.benchmark(tiny_pipe, case, warmup=0, repeats=1, progress=False)}
+    fig = plots.plot_stage_comparison(results)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["bf16", "fp32"]
+    assert len(ax.patches) == 8 and "fp32 vs bf16" in ax.get_title()
+    assert plots.layout_problems(fig) == []
