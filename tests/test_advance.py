@@ -140,6 +140,41 @@ def test_fallback_degrades_until_it_fits():
     assert pipe.vae.use_tiling
 
 
+def test_memory_budget_counts_new_tensors_not_views_and_raises_a_real_oom():
+    import torch
+
+    from lab.fallback import memory_budget
+
+    weight = torch.zeros(256, 1024)  # 1 MiB made before: not the call's
+    with memory_budget() as mode:
+        view = weight.t()
+        a = torch.ones(512, 1024)  # 2 MiB
+        b = a * 2  # 2 MiB more, both alive
+        del a, b
+        c = torch.ones(256, 1024)  # 1 MiB after the 4 MiB were freed
+    assert mode.peak == 4 * 2**20 and mode.live == 2**20 and view.shape == (1024, 256)
+    del c
+    with pytest.raises(torch.OutOfMemoryError, match="budget"):
+        with memory_budget(3.0):
+            keep = [torch.ones(256, 1024) for _ in range(4)]  # noqa: F841 - held: the fourth MiB is over
+
+
+def test_a_memory_budget_makes_the_fallback_really_degrade(tiny_pipe):
+    from lab.fallback import measure_working_set_mb
+
+    case = lab.Case("a red circle on the left, white background", steps=1)
+    need = measure_working_set_mb(tiny_pipe, case)
+    assert need > 0.1
+    pipe = lab.load_pipeline("tiny", device="cpu")  # fallback actions change the pipeline: a fresh one
+    image, result = lab.generate_with_fallback(pipe, case, min_size=32, memory_budget_mb=0.6 * need)
+    assert result.actions[:2] == ["vae-tiling", "attention-slicing"] and result.actions[2].startswith("resolution 64 ->")
+    assert all("lab memory budget" in e for e in result.errors) and len(result.errors) == len(result.actions)
+    assert image.size[0] < 64 and result.case.height == image.size[0]
+    assert result.peak_mb[-1] <= 0.6 * need and len(result.peak_mb) == len(result.actions) + 1
+    _, roomy = lab.generate_with_fallback(lab.load_pipeline("tiny", device="cpu"), case, memory_budget_mb=2 * need)
+    assert roomy.actions == [] and roomy.peak_mb[0] == pytest.approx(need, rel=0.05)
+
+
 def test_fallback_reraises_other_errors_and_the_final_oom():
     import torch
 
