@@ -153,3 +153,13 @@ def test_stage_comparison_shows_baseline_and_recipe(tiny_pipe):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["bf16", "fp32"]
     assert len(ax.patches) == 8 and "fp32 vs bf16" in ax.get_title()
     assert plots.layout_problems(fig) == []
+
+
+def test_benchmark_table_is_narrow_by_default(tiny_pipe):
+    result = lab.benchmark(tiny_pipe, lab.Case("a red circle", steps=2, name="c"), warmup=0, repeats=1,
+                           progress=False)
+    narrow = result.to_markdown()
+    header = next(line for line in narrow.splitlines() if line.startswith("| case"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["case", "steps", "median_s", "iqr_s", "unet_step_ms",
+                                                                 "peak_rss_mb", "images_per_s"]
+    assert "text_encoder_s" in result.to_markdown(full=True) and "text_encoder_s" in result.to_frame()
