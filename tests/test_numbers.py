@@ -163,3 +163,34 @@ def test_benchmark_table_is_narrow_by_default(tiny_pipe):
     assert [c.strip() for c in header.strip("|").split("|")] == ["case", "steps", "median_s", "iqr_s", "unet_step_ms",
                                                                  "peak_rss_mb", "images_per_s"]
     assert "text_encoder_s" in result.to_markdown(full=True) and "text_encoder_s" in result.to_frame()
+
+
+def test_takeaways_state_what_the_run_found(cmp):
+    from lab import takeaways
+
+    text = takeaways.compare(cmp, {"precision": ["bf16"], "quantization": ["quanto-unet-int8w"]})
+    frame = cmp.to_frame()
+    best = frame.drop(index="fp32")["speedup"].idxmax()
+    assert f"Fastest here: **`{best}`**, {frame.loc[best, 'speedup']:.2f}×" in text
+    assert "`model-cpu-offload` (needs CUDA)" in text and "outlier" in text
+    slower = frame.loc["quanto-unet-int8w", "speedup"]
+    assert (slower < 0.95) == ("Slower than the baseline here: `quanto-unet-int8w`" in text)
+
+    assert takeaways.lora(0.409, 0.465).startswith("- LoRA: unfused 0.409 s, fused 0.465 s per call: 14% more")
+    assert "same time" in takeaways.lora(0.409, 0.41) and "less time" in takeaways.lora(0.5, 0.4)
+
+
+def test_interaction_takeaway_reads_the_gain_ratio(tmp_path):
+    from lab import takeaways
+
+    def rec(recipe, latency):
+        return RunRecord(recipe=recipe, case="a", seed=0, status="ok", latency=Latency.from_values([latency] * 3), peak_rss_mb=500.0, rss_before_mb=450.0,
+                         weight_bytes={"unet": 1})
+
+    combo = Comparison(model="m", baseline="fp32", out=str(tmp_path), records=[
+        rec("fp32", 1.0), rec("bf16", 0.5), rec("channels-last", 0.8), rec("bf16+channels-last", 0.48)])
+    text = takeaways.interactions(combo)
+    ratio = (1 / 0.48) / (2 * 1.25)
+    assert f"gain ratio {ratio:.2f}" in text and "overlapped" in text
+    combo.records[-1] = rec("bf16+channels-last", 0.3)
+    assert "did better than the product" in takeaways.interactions(combo)
