@@ -4,11 +4,14 @@ On an out-of-memory error the call is retried with VAE tiling, then attention sl
 lower resolution (three quarters each time, down to ``min_size``); every action is recorded.
 
 ``memory_budget_mb`` makes the out-of-memory real on any device: on CUDA the caching allocator is
-capped (``torch.cuda.set_per_process_memory_fraction``) and raises its own ``OutOfMemoryError``; elsewhere
+capped at what is allocated before the call plus the budget (``torch.cuda.set_per_process_memory_fraction``)
+and raises its own ``OutOfMemoryError``; elsewhere
 a ``MemoryBudget`` dispatch mode counts the bytes of every tensor the call creates and still holds
 (freed when the tensor dies) and raises ``torch.OutOfMemoryError`` at the op whose output would take
 the live total over the budget, as an allocator with that much memory would. Weights loaded before
-the call are not counted: the budget is for the call's working set.
+the call are not counted: the budget is for the call's working set. Bytes are counted once per storage
+and released when the tensor that brought it in dies (a view that outlives it is not counted again), so
+the figure is the working set of the tensors torch creates, not the process RSS.
 """
 
 from __future__ import annotations
@@ -125,9 +128,11 @@ def generate_with_fallback(pipe, case: Case, *, min_size: int = 256, memory_budg
     result = FallbackResult(case=case, budget_mb=memory_budget_mb)
     cuda = str(pipe.device).startswith("cuda")
     if memory_budget_mb is not None and cuda:
+        # the cap is what is allocated now (weights) plus the call's budget, as on CPU
         index = torch.device(pipe.device).index or 0
         total = torch.cuda.get_device_properties(index).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_budget_mb * MB / total), index)
+        cap = torch.cuda.memory_allocated(index) + memory_budget_mb * MB
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), index)
     current = case
     try:
         while True:
