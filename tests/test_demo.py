@@ -91,3 +91,21 @@ def test_prepare_demo_loads_quantos_extension():
     done = prepare_demo(echo=lines.append)
     assert lines[0].startswith("preparing: optimum-quanto")
     assert isinstance(done["quanto_extension_s"], float), done
+
+
+def test_notebook_benchmark_formats_a_finished_demo(tmp_path):
+    from benchmarks import notebooks as bench
+
+    (tmp_path / "01_x").mkdir()
+    (tmp_path / "01_x" / "01_x.ipynb").write_text("{}")
+    runs = [NotebookRun("notebooks/01_x.ipynb", str(tmp_path / "01_x" / "01_x.ipynb"), 61.2),
+            NotebookRun("notebooks/02_y.ipynb", str(tmp_path / "01_x" / "01_x.ipynb"), 30.0, error="boom")]
+    index = write_index(tmp_path, runs, total_s=95.0, prepare={"quanto_extension_s": 3.5})
+    out = tmp_path / "bench"
+    code = bench.main(["--from-index", str(index["json"]), "--wall-s", "512", "--label", "make demo", "--out", str(out)])
+    assert code == 1  # one notebook failed: the benchmark says so
+    record = json.loads((out / "notebooks.json").read_text())
+    assert record["total_s"] == 512 and record["prepare_s"] == 3.5 and record["demo_total_s"] == 95.0
+    assert [(n["notebook"], n["status"]) for n in record["notebooks"]] == [("01_x", "ok"), ("02_y", "failed")]
+    md = (out / "notebooks.md").read_text()
+    assert "| 01_x | ok | 61 |" in md and "**total (make demo)** | | **512**" in md and "CPUs" in md
