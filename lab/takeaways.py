@@ -112,13 +112,15 @@ def verify(comparison, quality, chosen: str) -> str:
         verdict = summary.loc[recipe, "verdict"] if recipe in summary.index else "not gated"
         noise = row["latency_iqr_s"] + frame.loc[comparison.baseline, "latency_iqr_s"]
         gap = abs(frame.loc[comparison.baseline, "latency_s"] - row["latency_s"])
-        beyond = "beyond" if gap > noise else "within"
+        repeats = min((r.latency.n for r in comparison.records if r.recipe == recipe and r.status == "ok"), default=0)
+        spread = ("one repeat per run: no spread measured, so no claim beyond the noise" if repeats < 2 else
+                  f"a difference {'beyond' if gap > noise else 'within'} the run-to-run spread")
         extra = ""
         if recipe in summary.index and "adherence" in summary:
             extra = (f", adherence {summary.loc[recipe, 'adherence']:.2f} "
                      f"(baseline {summary.loc[recipe, 'baseline_adherence']:.2f})")
         lines.append(f"- `{recipe}`{' (chosen)' if recipe == chosen else ''}: {row['speedup']:.2f}× "
-                     f"({_pct(row['speedup'])}, a difference {beyond} the run-to-run spread), quality gate "
+                     f"({_pct(row['speedup'])}, {spread}), quality gate "
                      f"**{verdict}** (min SSIM {summary.loc[recipe, 'min_ssim']:.3f}{extra})"
                      if recipe in summary.index else
                      f"- `{recipe}`: {row['speedup']:.2f}×, not gated")

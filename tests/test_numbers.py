@@ -194,3 +194,13 @@ def test_interaction_takeaway_reads_the_gain_ratio(tmp_path):
     assert f"gain ratio {ratio:.2f}" in text and "overlapped" in text
     combo.records[-1] = rec("bf16+channels-last", 0.3)
     assert "did better than the product" in takeaways.interactions(combo)
+
+
+def test_verify_takeaway_reports_speedup_spread_and_gate(cmp):
+    from lab import takeaways
+
+    text = takeaways.verify(cmp, lab.evaluate(cmp), "bf16")
+    first = text.splitlines()[0]
+    speedup = cmp.to_frame().loc["bf16", "speedup"]
+    assert first.startswith(f"- `bf16` (chosen): {speedup:.2f}×") and "quality gate **" in first
+    assert "run-to-run spread" in first and "`quanto-unet-int8w`" in text
