@@ -204,3 +204,15 @@ def test_verify_takeaway_reports_speedup_spread_and_gate(cmp):
     speedup = cmp.to_frame().loc["bf16", "speedup"]
     assert first.startswith(f"- `bf16` (chosen): {speedup:.2f}×") and "quality gate **" in first
     assert "run-to-run spread" in first and "`quanto-unet-int8w`" in text
+
+
+def test_diagnose_takeaway_names_the_measured_shares(tiny_pipe):
+    from lab import takeaways
+
+    bench = lab.benchmark(tiny_pipe, lab.Case("a red circle on the left, white background", steps=2, name="c"),
+                          warmup=0, repeats=1, progress=False)
+    text = takeaways.diagnose(bench, lab.diagnose(bench))
+    shares = bench.cases[0].stages.shares()
+    top = max(shares, key=shares.get)
+    assert text.startswith(f"- **{top}** takes the largest share") and f"{shares[top]:.0%}" in text
+    assert f"{bench.cases[0].latency.median:.3f} s (2 steps" in text
