@@ -56,8 +56,9 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
         if runs.empty:
             continue
         top = runs["speedup"].idxmax()
-        lines.append(f"- {family}: best `{top}` ({_pct(runs.loc[top, 'speedup'])}); "
-                     + ", ".join(f"`{n}` {_pct(s)}" for n, s in runs["speedup"].items() if n != top))
+        others = ", ".join(f"`{n}` {_pct(s)}" for n, s in runs["speedup"].items() if n != top)
+        lines.append(f"- {family}: " + (f"best `{top}` ({_pct(runs.loc[top, 'speedup'])}); {others}" if others
+                                        else f"`{top}` {_pct(runs.loc[top, 'speedup'])}"))
     slower = ok[ok["speedup"] < 0.95]
     if not slower.empty:
         lines.append("- Slower than the baseline here: " + ", ".join(
