@@ -56,7 +56,7 @@ def run(out: Path, names: list[str] | None, ci: bool) -> dict:
     from lab.notebooks import notebook_paths, run_demo
 
     before, start = _load(), time.perf_counter()
-    runs, index = run_demo(out / "demo", notebook_paths(names), env=CI_PARAMETERS if ci else {"LAB_MODEL": "tiny"})
+    _, index = run_demo(out / "demo", notebook_paths(names), env=CI_PARAMETERS if ci else {"LAB_MODEL": "tiny"})
     total = time.perf_counter() - start
     data = json.loads(index["json"].read_text())
     prepare = data.get("prepare", {}).get("quanto_extension_s")

@@ -108,8 +108,8 @@ def prepare_demo(echo: Callable[[str], None] = print) -> dict[str, float | str]:
     echo("preparing: optimum-quanto's C++ extension (built once, minutes on a cold machine) ...")
     start = time.perf_counter()
     try:
-        import torch
         import optimum.quanto as q
+        import torch
         from optimum.quanto.library.extensions import get_extension
 
         get_extension("quanto_cpp").lib  # noqa: B018 - loading it builds it when absent

@@ -154,9 +154,8 @@ def test_memory_budget_counts_new_tensors_not_views_and_raises_a_real_oom():
         c = torch.ones(256, 1024)  # 1 MiB after the 4 MiB were freed
     assert mode.peak == 4 * 2**20 and mode.live == 2**20 and view.shape == (1024, 256)
     del c
-    with pytest.raises(torch.OutOfMemoryError, match="budget"):
-        with memory_budget(3.0):
-            keep = [torch.ones(256, 1024) for _ in range(4)]  # noqa: F841 - held: the fourth MiB is over
+    with pytest.raises(torch.OutOfMemoryError, match="budget"), memory_budget(3.0):
+        keep = [torch.ones(256, 1024) for _ in range(4)]  # noqa: F841 - held: the fourth MiB is over
 
 
 def test_a_memory_budget_makes_the_fallback_really_degrade(tiny_pipe):

@@ -65,7 +65,9 @@ def test_demo_runs_every_notebook_after_a_failure_and_indexes_every_artifact(boo
     assert "failed: ZeroDivisionError" in md
 
     class Links(html.parser.HTMLParser):
-        hrefs: list = []
+        def __init__(self):
+            super().__init__()
+            self.hrefs = []
 
         def handle_starttag(self, tag, attrs):
             if tag == "a":
