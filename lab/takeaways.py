@@ -35,7 +35,7 @@ def diagnose(bench, diagnosis=None) -> str:
     if diagnosis is not None:
         for f in diagnosis.findings[:3]:
             fix = f" Try: {', '.join(f'`{s}`' for s in f.suggest)}." if f.suggest else ""
-            lines.append(f"- Finding `{f.rule}` ({f.severity}): {f.message}{fix}")
+            lines.append(f"- Finding `{f.rule}` ({f.severity}): {f.message.rstrip('. ')}.{fix}")
         if not diagnosis.findings:
             lines.append("- No rule fired on this run.")
     return "\n".join(lines)
