@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# no per-cell timeout: a slow or busy machine takes longer, it does not fail; quanto's C++ extension
+# is built first with a progress line; one failing notebook never stops the others; index.html lists
+# every artifact at the end
 demo: $(STAMP)
 	$(PY) -m lab demo --out $(OUT)
+	@echo "next: source $(VENV)/bin/activate && python -m lab --help   (or $(PY) -m lab ...)"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -23,6 +23,9 @@ from .stats import Latency
 from .timing import StageTimer, StageTimes
 
 MB = 1024 * 1024
+# the columns a notebook shows by default: one screen wide; to_frame() holds them all
+SUMMARY_COLUMNS = ("steps", "median_s", "iqr_s", "unet_step_ms", "peak_rss_mb", "peak_cuda_alloc_mb", "images_per_s",
+                   "error")
 
 
 @dataclass
@@ -120,14 +123,18 @@ class BenchmarkResult(Record):
     weight_bytes: int | None = None
     resources: list[ResourceSample] = field(default_factory=list)
 
-    def to_frame(self):
-        """One row per case (pandas DataFrame)."""
+    def to_frame(self, full: bool = True):
+        """One row per case (pandas DataFrame); ``full=False`` keeps the narrow set ``SUMMARY_COLUMNS``."""
         import pandas as pd
 
-        return pd.DataFrame([c.row() for c in self.cases]).set_index("case")
+        frame = pd.DataFrame([c.row() for c in self.cases]).set_index("case")
+        if not full:
+            frame = frame[[c for c in SUMMARY_COLUMNS if c in frame]].dropna(axis=1, how="all")
+        return frame
 
-    def to_markdown(self, digits: int = 3) -> str:
-        frame = self.to_frame().dropna(axis=1, how="all")
+    def to_markdown(self, digits: int = 3, full: bool = False) -> str:
+        """The table under a one-line header of what ran where; narrow by default (``full=True``: every column)."""
+        frame = self.to_frame(full=full).dropna(axis=1, how="all")
         header = (
             f"**{self.model}** ({self.pipeline}, {self.dtype}, {self.device}, {self.scheduler}) — "
             f"warm-up {self.warmup}, repeats {self.repeats}; {self.env.device_name}, "

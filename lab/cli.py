@@ -252,8 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .env import resolve_device
-
-    from .notebooks import notebook_paths, run_notebook
+    from .notebooks import notebook_paths, run_demo
 
     if not args.model.strip():
         raise LabError("--model must not be empty")
@@ -264,22 +263,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise LabError(f"no notebook starts with {' or '.join(repr(n) for n in args.notebooks) or 'nothing'}; "
                        f"available: {', '.join(available) or 'none'} (pass a prefix such as "
                        f"{available[0][:2] if available else '01'!r})")
-    out = writable_dir(args.out)
     if not paths:
-        print("no notebooks yet: running the benchmark on the embedded model instead")
-        bench = build_parser().parse_args(["bench", "--model", args.model, "--steps", "20", "--repeats", "3",
-                                           "--out", str(out / "bench")] + (["--quiet"] if args.quiet else []))
-        return cmd_bench(bench)
+        raise LabError("no numbered notebooks (NN_name.ipynb) in notebooks/: is this a full clone?")
+    out = writable_dir(args.out)
     env = {"LAB_MODEL": args.model, "LAB_DEVICE": args.device}
-    failed = 0
-    for path in paths:
-        print(f"running {path.name} ...", flush=True)
-        run = run_notebook(path, out, timeout=args.timeout, env=env)
-        status = f"FAILED: {run.error}" if run.error else "ok"
-        print(f"  {status} in {run.seconds:.0f} s -> {run.executed}", flush=True)
-        failed += bool(run.error)
-    print(f"\nartifacts (executed notebooks, traces, plots, reports): {out.resolve()}")
-    return 1 if failed else 0
+    runs, _ = run_demo(out, paths, env=env, timeout=args.timeout)
+    return 1 if any(r.error for r in runs) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -366,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model every notebook uses (LAB_MODEL)")
     demo.add_argument("--device", default="auto", help="device every notebook uses (LAB_DEVICE)")
     demo.add_argument("--notebooks", nargs="*", default=None, help="only notebooks whose name starts so (e.g. 01)")
-    demo.add_argument("--timeout", type=_positive, default=600, help="seconds per cell")
+    demo.add_argument("--timeout", type=_positive, default=None, help="seconds per cell (default: no limit)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

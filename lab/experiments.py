@@ -32,6 +32,9 @@ from .stats import Latency
 RESULTS = "results.jsonl"
 META = "comparison.json"
 LOCK = ".lock"
+# what a notebook or report shows by default: one screen wide
+SUMMARY_COLUMNS = ("status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb", "ssim", "psnr",
+                   "fidelity_rel_err", "outliers", "reason")
 DONE = ("ok", "skipped")
 
 
@@ -109,9 +112,22 @@ class Comparison(Record):
         baseline = baseline or (records[0].recipe if records else "")
         return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt)
 
-    def to_frame(self):
-        """Per recipe: latency median and spread, speedup, memory and its delta, weights, quality, status."""
+    def to_frame(self, full: bool = True):
+        """Per recipe: latency and spread, speed-up, memory and its delta, weights, quality, outliers, status.
+
+        One definition of speed-up everywhere: over the (case, seed) runs a recipe shares with the
+        baseline, ``speedup`` is the geometric mean of baseline latency ÷ recipe latency (each run's median
+        over its repeats), and ``latency_s`` is the geometric mean of the recipe's run medians. When every
+        run is matched (the usual case) ``baseline latency_s / latency_s == speedup`` exactly, so a latency
+        change and a speed-up are one number read two ways. ``outliers`` counts runs with a repeat above
+        ``Latency.outlier_limit`` (the medians are robust to it; the flag says the machine was disturbed).
+
+        Args:
+            full: every column; False keeps the narrow set a notebook or report shows (``SUMMARY_COLUMNS``).
+        """
         import pandas as pd
+
+        from .stats import geomean
 
         base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
         rows = []
@@ -126,10 +142,11 @@ class Comparison(Record):
                           for r in ok if (r.case, r.seed) in base]
                 mem = [_peak_mb(r) for r in ok]
                 base_mem = [_peak_mb(b) for b in base.values()]
+                outliers = [r for r in ok if r.latency.has_outlier]
                 row.update(
-                    latency_s=med(r.latency.median for r in ok),
+                    latency_s=geomean([r.latency.median for r in ok]),
                     latency_iqr_s=med(r.latency.iqr for r in ok),
-                    speedup=med(ratios) if ratios else None,
+                    speedup=geomean(ratios) if ratios else None,
                     peak_mem_mb=max(mem),
                     peak_mem_delta_mb=max(mem) - max(base_mem) if base_mem else None,
                     weight_mb=sum(ok[0].weight_bytes.values()) / 2**20,
@@ -138,17 +155,44 @@ class Comparison(Record):
                     psnr=min((r.psnr for r in ok if r.psnr is not None), default=None),
                     first_call_s=max(r.first_call_s or 0.0 for r in ok),
                     apply_s=ok[0].apply_s,
+                    outliers=len(outliers),
+                    slowest_repeat_s=max(r.latency.max for r in ok),
                 )
+                fidelity = [r.fidelity for r in ok if r.fidelity is not None]
+                if fidelity:  # the worst run: a recipe is as faithful as its least faithful image
+                    row.update(fidelity_cos=min(f.cosine for f in fidelity),
+                               fidelity_rel_err=max(f.rel_error for f in fidelity))
             else:
                 row["reason"] = next((r.error for r in runs if r.error), "")
             rows.append(row)
         frame = pd.DataFrame(rows).set_index("recipe")
         if "reason" in frame:
             frame["reason"] = frame["reason"].fillna("")
+        if "outliers" in frame:
+            frame["outliers"] = frame["outliers"].fillna(0).astype(int)
+        if not full:
+            frame = frame[[c for c in SUMMARY_COLUMNS if c in frame]]
         return frame
 
-    def to_markdown(self, digits: int = 3) -> str:
-        return self.to_frame().round(digits).to_markdown()
+    def outlier_runs(self) -> list[RunRecord]:
+        """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
+        return [r for r in self.records if r.status == "ok" and r.latency.has_outlier]
+
+    @property
+    def random_weights(self) -> bool:
+        """The model is an embedded random-weight pipeline: image SSIM/PSNR against the baseline mean nothing."""
+        from .models import EMBEDDED
+
+        return self.model in EMBEDDED and not EMBEDDED[self.model].trained
+
+    def to_markdown(self, digits: int = 3, full: bool = False) -> str:
+        """The per-recipe table, narrow by default (``full=True``: every column)."""
+        table = self.to_frame(full=full).round(digits).to_markdown()
+        if self.random_weights:
+            table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
+                      "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
+                      "lab.fidelity) instead.")
+        return table
 
     def per_case(self):
         """Latency mean ± std (and median) per recipe and case, over the repeats of each run."""

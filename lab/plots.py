@@ -21,6 +21,63 @@ def _figure(figsize=(7, 3.5), nrows: int = 1, ncols: int = 1):
     return fig, axes
 
 
+def wrap_label(name: str, width: int = 30) -> str:
+    """A recipe or op name broken into lines of at most ``width`` characters, at ``+`` where it can."""
+    import textwrap
+
+    parts, lines, line = name.replace("+", "+\x00").split("\x00"), [], ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(sub for ln in lines for sub in (textwrap.wrap(ln, width) or [ln]))
+
+
+def layout_problems(fig) -> list[str]:
+    """Texts of ``fig`` (titles, axis and tick labels, annotations) that are clipped by its edge or overlap
+    another text; empty when the figure reads cleanly. Draws the figure first."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a closed pyplot figure keeps only a base canvas
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = []
+    for ax in fig.axes:
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        ticks = [t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]  # the drawn ones
+        ticks += [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1]
+        candidates = [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ticks, *ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            candidates += list(legend.get_texts())
+        texts += [t for t in candidates if t.get_visible() and t.get_text().strip()]
+    texts += [t for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    texts += [t for legend in fig.legends for t in legend.get_texts()]
+    problems, extents = [], []
+    for t in texts:
+        e = t.get_window_extent(renderer)
+        if e.x0 < box.x0 - 1 or e.y0 < box.y0 - 1 or e.x1 > box.x1 + 1 or e.y1 > box.y1 + 1:
+            problems.append(f"clipped: {t.get_text()!r}")
+        extents.append((t, e))
+    for i, (t, e) in enumerate(extents):
+        for u, f in extents[i + 1:]:
+            shrunk = e.expanded(0.98, 0.9)  # touching edges are not a collision
+            if shrunk.overlaps(f.expanded(0.98, 0.9)) and not (t in getattr(t.axes, "texts", ())
+                                                                  or u in getattr(u.axes, "texts", ())):
+                problems.append(f"overlap: {t.get_text()!r} / {u.get_text()!r}")
+    return problems
+
+
+def _bar_height(labels) -> float:
+    """Figure height that gives every (wrapped) bar label room for its lines."""
+    per_bar = max((label.count("\n") + 1 for label in labels), default=1) * 0.19 + 0.16
+    return max(2.6, per_bar * len(labels) + 1.4)
+
+
 def _save(fig, path: str | os.PathLike | None):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -30,19 +87,9 @@ def _save(fig, path: str | os.PathLike | None):
 
 def plot_stages(result, *, path: str | os.PathLike | None = None):
     """Stacked bar per case: median seconds in text encoder, UNet, VAE decode and other."""
-    fig, ax = _figure()
-    cases = [c for c in result.cases if c.stages]
-    names = [c.case.name for c in cases]
-    bottom = [0.0] * len(cases)
-    for stage in ("text_encoder", "unet", "vae_decode", "other"):
-        values = [max(getattr(c.stages, stage), 0.0) for c in cases]
-        ax.bar(names, values, bottom=bottom, label=stage)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_ylabel("seconds (median)")
-    ax.set_title(f"Where the time goes: {result.model} ({result.dtype}, {result.device})")
-    ax.legend(loc="upper right", fontsize="small")
-    ax.tick_params(axis="x", labelrotation=20)
-    return _save(fig, path)
+    stages = {c.case.name: {k: getattr(c.stages, k) for k in ("text_encoder", "unet", "vae_decode", "other")}
+              for c in result.cases if c.stages}
+    return _stacked_stages(stages, f"Where the time goes: {result.model} ({result.dtype}, {result.device})", path)
 
 
 def plot_resources(monitor, *, path: str | os.PathLike | None = None):
@@ -92,7 +139,9 @@ def plot_ops(profile_result, *, stage: str | None = None, top: int = 12, path: s
     frame = profile_result.ops(by="self", stage=stage, top=top)
     col = "self_device_ms" if "self_device_ms" in frame else "self_cpu_ms"
     fig, ax = _figure(figsize=(7, 0.3 * len(frame) + 1.2))
-    ax.barh(frame.index[::-1], frame[col][::-1])
+    names = [n if len(n) <= 38 else n[:36] + "…" for n in map(str, frame.index[::-1])]
+    ax.barh(range(len(frame)), frame[col][::-1])
+    ax.set_yticks(range(len(frame)), names, fontsize=8)
     ax.set_xlabel(f"{col.replace('_ms', '').replace('_', ' ')} time (ms)")
     ax.set_title(f"Top ops by self time{f' in {stage}' if stage else ''}")
     return _save(fig, path)
@@ -167,42 +216,51 @@ def _ok_frame(comparison):
 
 
 def plot_latency(comparison, *, path: str | os.PathLike | None = None):
-    """Median latency per recipe with the IQR as error bars; the baseline is drawn in grey."""
-    frame = _ok_frame(comparison)
-    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
+    """Latency per recipe (geometric mean of run medians) with the IQR as error bars; baseline in grey.
+
+    Horizontal bars: recipe names read across, whatever their length."""
+    frame = _ok_frame(comparison)[::-1]
+    labels = [wrap_label(r) for r in frame.index]
+    fig, ax = _figure(figsize=(7, _bar_height(labels)))
     colors = ["tab:gray" if r == comparison.baseline else "tab:blue" for r in frame.index]
-    ax.bar(frame.index, frame["latency_s"], yerr=frame["latency_iqr_s"] / 2, capsize=3, color=colors)
-    ax.set_ylabel("seconds per image (median, IQR bars)")
-    ax.set_title(f"Latency: {comparison.model}")
-    ax.tick_params(axis="x", labelrotation=35)
+    ax.barh(labels, frame["latency_s"], xerr=frame["latency_iqr_s"] / 2, capsize=3,
+            color=colors)
+    ax.set_xlabel("seconds per image (IQR bars)")
+    ax.set_title(f"Latency: {comparison.model} (baseline {comparison.baseline} in grey)", fontsize=10)
     return _save(fig, path)
 
 
 def plot_speedup(comparison, *, path: str | os.PathLike | None = None):
-    """Speed-up against the baseline in percent (seed 002 §4.3): positive is faster."""
-    frame = _ok_frame(comparison).drop(index=comparison.baseline, errors="ignore")
+    """Speed-up against the baseline in percent (seed 002 §4.3): positive is faster; the same
+    ``speedup`` as every table (baseline ÷ recipe latency over matched runs)."""
+    frame = _ok_frame(comparison).drop(index=comparison.baseline, errors="ignore")[::-1]
     pct = (frame["speedup"] - 1) * 100
-    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
-    bars = ax.bar(frame.index, pct, color=["tab:green" if v >= 0 else "tab:red" for v in pct])
-    ax.bar_label(bars, labels=[f"{v:+.0f}%" for v in pct], fontsize="small")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel(f"speed-up vs {comparison.baseline} (%)")
-    ax.set_title("Speed-up per recipe")
-    ax.tick_params(axis="x", labelrotation=35)
+    labels = [wrap_label(r) for r in frame.index]
+    fig, ax = _figure(figsize=(7, _bar_height(labels)))
+    bars = ax.barh(labels, pct,
+                   color=["tab:green" if v >= 0 else "tab:red" for v in pct])
+    ax.bar_label(bars, labels=[f"{v:+.0f}%" for v in pct], fontsize="small", padding=2)
+    ax.axvline(0, color="black", linewidth=0.8)
+    lo, hi = min(0.0, pct.min() if len(pct) else 0.0), max(0.0, pct.max() if len(pct) else 0.0)
+    pad = 0.18 * max(hi - lo, 1.0)  # room for the value labels at both ends
+    ax.set_xlim(lo - (pad if lo < 0 else 0.05 * pad), hi + (pad if hi > 0 else 0.05 * pad))
+    ax.set_xlabel(f"speed-up vs {comparison.baseline} (%)")
+    ax.set_title("Speed-up per recipe", fontsize=10)
     return _save(fig, path)
 
 
 def plot_memory(comparison, *, path: str | os.PathLike | None = None):
     """Peak model memory (CUDA allocated; on CPU weights + what a call adds) and weight bytes per recipe."""
-    frame = _ok_frame(comparison)
-    fig, ax = _figure(figsize=(max(6, 0.7 * len(frame) + 2), 3.8))
-    x = range(len(frame))
-    ax.bar([i - 0.2 for i in x], frame["peak_mem_mb"], width=0.4, label="peak memory")
-    ax.bar([i + 0.2 for i in x], frame["weight_mb"], width=0.4, label="weights")
-    ax.set_xticks(list(x), frame.index, rotation=35)
-    ax.set_ylabel("MB")
-    ax.set_title("Memory per recipe")
-    ax.legend(fontsize="small")
+    frame = _ok_frame(comparison)[::-1]
+    labels = [wrap_label(r) for r in frame.index]
+    fig, ax = _figure(figsize=(7, _bar_height(labels) + 0.3))
+    y = range(len(frame))
+    ax.barh([i + 0.2 for i in y], frame["peak_mem_mb"], height=0.4, label="peak memory")
+    ax.barh([i - 0.2 for i in y], frame["weight_mb"], height=0.4, label="weights")
+    ax.set_yticks(list(y), labels)
+    ax.set_xlabel("MB")
+    ax.set_title("Memory per recipe", fontsize=10)
+    ax.legend(fontsize="small", loc="lower right")
     return _save(fig, path)
 
 
@@ -212,8 +270,9 @@ def plot_image_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None
 
     recipes = list(_ok_frame(comparison).index)
     cases = list(dict.fromkeys(r.case for r in comparison.records))
-    fig, grid = _figure(figsize=(1.8 * len(recipes) + 0.5, 1.9 * len(cases) + 0.4), nrows=len(cases),
-                        ncols=len(recipes))
+    lines = max((wrap_label(r, 16).count("\n") + 2 for r in recipes), default=1)
+    fig, grid = _figure(figsize=(1.8 * len(recipes) + 0.5, (1.7 + 0.14 * lines) * len(cases) + 0.4),
+                        nrows=len(cases), ncols=len(recipes))
     if len(cases) == len(recipes) == 1:
         grid = [[grid]]
     for i, case in enumerate(cases):
@@ -224,7 +283,8 @@ def plot_image_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None
             rec = next((r for r in comparison.records if r.key == (recipe, case, seed) and r.status == "ok"), None)
             if rec is not None:
                 ax.imshow(Image.open(Path(comparison.out) / rec.image))
-                ax.set_title(f"{recipe}\nSSIM {rec.ssim:.3f}" if rec.ssim is not None else recipe, fontsize=7)
+                name = wrap_label(recipe, 16)
+                ax.set_title(f"{name}\nSSIM {rec.ssim:.3f}" if rec.ssim is not None else name, fontsize=7)
             if j == 0:
                 ax.set_ylabel(case, fontsize=8)
     return _save(fig, path)
@@ -233,11 +293,30 @@ def plot_image_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None
 def plot_trace_diff(diff, *, top: int = 12, path: str | os.PathLike | None = None):
     """Ops whose self time changed most between two profiles: green faster, red slower (ms)."""
     frame = diff.ops.head(top)[::-1]
-    fig, ax = _figure(figsize=(7, 0.32 * len(frame) + 1.4))
-    ax.barh(frame.index, frame["delta_ms"], color=["tab:green" if d < 0 else "tab:red" for d in frame["delta_ms"]])
+    fig, ax = _figure(figsize=(7, 0.34 * len(frame) + 1.6))
+    names = [n if len(n) <= 38 else n[:36] + "…" for n in map(str, frame.index)]
+    ax.barh(range(len(frame)), frame["delta_ms"],
+            color=["tab:green" if d < 0 else "tab:red" for d in frame["delta_ms"]])
+    ax.set_yticks(range(len(frame)), names, fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"Δ self time, {diff.after} − {diff.before} (ms per call; UNet per step)")
-    ax.set_title("What got faster and what got slower")
+    ax.set_xlabel(wrap_label(f"Δ self time, {diff.after} − {diff.before} (ms per call; UNet per step)", 70))
+    ax.set_title("What got faster and what got slower", fontsize=10)
+    return _save(fig, path)
+
+
+def _stacked_stages(stages: dict[str, dict[str, float]], title: str, path):
+    """Horizontal stacked bars, one per label, of seconds per stage."""
+    labels = list(stages)[::-1]
+    names = [wrap_label(label) for label in labels]
+    fig, ax = _figure(figsize=(7, _bar_height(names) + 0.4))
+    left = [0.0] * len(labels)
+    for stage in ("text_encoder", "unet", "vae_decode", "other"):
+        values = [max(stages[label][stage], 0.0) for label in labels]
+        ax.barh(names, values, left=left, label=stage)
+        left = [a + v for a, v in zip(left, values)]
+    ax.set_xlabel("seconds per image (median)")
+    ax.set_title(title, fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
     return _save(fig, path)
 
 
@@ -250,17 +329,17 @@ def plot_stage_breakdown(comparison, *, path: str | os.PathLike | None = None):
         if runs:
             stages[recipe] = {k: sum(getattr(s, k) for s in runs) / len(runs)
                               for k in ("text_encoder", "unet", "vae_decode", "other")}
-    fig, ax = _figure(figsize=(max(6, 0.7 * len(stages) + 2), 3.8))
-    bottom = [0.0] * len(stages)
-    for stage in ("text_encoder", "unet", "vae_decode", "other"):
-        values = [max(v[stage], 0.0) for v in stages.values()]
-        ax.bar(list(stages), values, bottom=bottom, label=stage)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_ylabel("seconds per image")
-    ax.set_title("Stage breakdown per recipe")
-    ax.legend(fontsize="small")
-    ax.tick_params(axis="x", labelrotation=35)
-    return _save(fig, path)
+    return _stacked_stages(stages, "Stage breakdown per recipe", path)
+
+
+def plot_stage_comparison(results: dict, *, path: str | os.PathLike | None = None):
+    """Baseline and recipe(s) side by side: stacked stages of each ``{label: BenchmarkResult}`` (first case)."""
+    stages = {}
+    for label, result in results.items():
+        st = next((c.stages for c in result.cases if c.stages), None)
+        if st is not None:
+            stages[label] = {k: getattr(st, k) for k in ("text_encoder", "unet", "vae_decode", "other")}
+    return _stacked_stages(stages, "Where the time goes: " + " vs ".join(results), path)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -296,8 +375,9 @@ def plot_diff_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None 
 
     recipes = [r for r in _ok_frame(comparison).index if r != comparison.baseline]
     cases = list(dict.fromkeys(r.case for r in comparison.records))
-    fig, grid = _figure(figsize=(1.8 * (2 * len(recipes) + 1) + 0.5, 1.9 * len(cases) + 0.4), nrows=len(cases),
-                        ncols=2 * len(recipes) + 1)
+    lines = max((wrap_label(r, 16).count("\n") + 1 for r in recipes), default=1)
+    fig, grid = _figure(figsize=(1.8 * (2 * len(recipes) + 1) + 0.5, (1.7 + 0.14 * lines) * len(cases) + 0.4),
+                        nrows=len(cases), ncols=2 * len(recipes) + 1)
     if len(cases) == 1 and not recipes:
         grid = [[grid]]
     for i, case in enumerate(cases):
@@ -318,7 +398,7 @@ def plot_diff_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None 
                 continue
             img = Path(comparison.out) / rec.image
             row[1 + 2 * j].imshow(Image.open(img))
-            row[1 + 2 * j].set_title(recipe, fontsize=7)
+            row[1 + 2 * j].set_title(wrap_label(recipe, 16), fontsize=7)
             row[2 + 2 * j].imshow(diff_map(img, ref), cmap="magma", vmin=0, vmax=64)
             row[2 + 2 * j].set_title(f"|Δ| SSIM {rec.ssim:.2f}" if rec.ssim is not None else "|Δ|", fontsize=7)
     return _save(fig, path)

@@ -37,15 +37,18 @@ def before_after(comparison, recipe: str, quality: QualityReport):
 
     summary = quality.summary()
     q = summary.loc[recipe] if recipe in summary.index else None
+    # one definition (Comparison.to_frame): the latency change is the speed-up read the other way
+    change = f"{1 / a['speedup'] - 1:+.1%}" if a["speedup"] else ""
     rows = [
-        ("latency (s, median)", b["latency_s"], a["latency_s"], f"{a['latency_s'] / b['latency_s'] - 1:+.1%}"),
+        ("latency (s, geo. mean of run medians)", b["latency_s"], a["latency_s"], change),
         ("latency spread (IQR, s)", b["latency_iqr_s"], a["latency_iqr_s"], ""),
-        ("speed-up", 1.0, a["speedup"], f"{a['speedup']:.2f}x"),
+        ("speed-up (baseline ÷ recipe, matched runs)", 1.0, a["speedup"], f"{a['speedup']:.2f}x"),
         ("peak memory (MB)", b["peak_mem_mb"], a["peak_mem_mb"], f"{a['peak_mem_mb'] / b['peak_mem_mb'] - 1:+.1%}"),
         ("weights (MB)", b["weight_mb"], a["weight_mb"], f"{a['weight_mb'] / b['weight_mb'] - 1:+.1%}"),
         ("CPU % (100 = one core)", cpu(comparison.baseline), cpu(recipe), ""),
         ("SSIM vs baseline (mean)", 1.0, q["mean_ssim"] if q is not None else 1.0, ""),
         ("PSNR vs baseline (min, dB)", float("inf"), q["min_psnr"] if q is not None else float("inf"), ""),
+        ("runs with an outlier repeat", b.get("outliers", 0), a.get("outliers", 0), ""),
     ]
     return pd.DataFrame(rows, columns=["metric", comparison.baseline, recipe, "change"]).set_index("metric")
 
@@ -62,6 +65,14 @@ def recipe_yaml(text: str) -> str:
     if plan.case_overrides():
         data["generation"] = plan.case_overrides()
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def outlier_notes(comparison) -> list[str]:
+    """One line per run whose slowest repeat is an outlier: which run, how slow, against what median."""
+    return [f"`{r.recipe}` on {r.case} (seed {r.seed}): slowest repeat {r.latency.max:.3f} s against a median of "
+            f"{r.latency.median:.3f} s over {r.latency.n} repeats (limit {r.latency.outlier_limit:.3f} s); the "
+            "medians above are robust to it, but the machine was disturbed: re-run to confirm"
+            for r in comparison.outlier_runs()]
 
 
 def _png(fig) -> str:
@@ -111,9 +122,15 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
           quality.summary().round(4).to_markdown() if quality.images else "(no images besides the baseline)", ""]
     if quality.skipped_metrics:
         md += ["Not computed: " + "; ".join(f"{k} ({v})" for k, v in quality.skipped_metrics.items()), ""]
-    md += ["## All recipes", "", frame.round(4).to_markdown(), ""]
+    notes = outlier_notes(comparison)
+    if notes:
+        md += ["## Outliers", ""] + [f"- {n}" for n in notes] + [""]
+    narrow = comparison.to_frame(full=False)
+    md += ["## All recipes", "", "Speed-up is baseline ÷ recipe latency over matched runs (geometric mean); "
+           "every column is in *All recipes, every column* below.", "", narrow.round(3).to_markdown(), ""]
     for title, data in images.items():
         md += [f"## {title}", "", f"![{title}](data:image/png;base64,{data})", ""]
+    md += ["## All recipes, every column", "", frame.round(4).to_markdown(), ""]
     md += ["## Environment", "", "```json", json.dumps(env, indent=2), "```", ""]
 
     def table_html(df) -> str:
@@ -125,14 +142,18 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
             "<h2>Before / after</h2>", table_html(table), "<h2>Chosen recipe</h2>",
             f"<pre>{html.escape(yaml_text)}</pre>", "<h2>Quality gate</h2>",
             table_html(quality.summary()) if quality.images else "<p>(no images besides the baseline)</p>",
-            "<h2>All recipes</h2>", table_html(frame)]
+            *([("<h2>Outliers</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")]
+              if notes else []),
+            "<h2>All recipes</h2>", "<p>Speed-up is baseline ÷ recipe latency over matched runs (geometric mean).</p>",
+            table_html(narrow),
+            "<details><summary>every column</summary><div class='wide'>", table_html(frame), "</div></details>"]
     for title, data in images.items():
         body += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
     body += ["<h2>Environment</h2>", f"<pre>{html.escape(json.dumps(env, indent=2))}</pre>"]
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>diffusion-lab report</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table.t{border-collapse:collapse}"
             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-            "img{max-width:100%}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            "img{max-width:100%}.wide{overflow-x:auto}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     paths["markdown"].write_text("\n".join(md), encoding="utf-8")
     paths["html"].write_text(page, encoding="utf-8")

@@ -49,9 +49,33 @@ class Latency(Record):
         )
 
     @property
+    def outlier_limit(self) -> float:
+        """Above this a repeat is an outlier: twice the median; with 8 or more repeats also beyond
+        median + 3 × IQR (but never within 20 % of the median). Below 8 repeats one slow value inflates the
+        IQR itself, so only the ratio to the median can tell it apart."""
+        if self.n >= 8:
+            return min(2 * self.median, max(self.median + 3 * self.iqr, 1.2 * self.median))
+        return 2 * self.median
+
+    @property
+    def has_outlier(self) -> bool:
+        """Whether the slowest repeat lies above ``outlier_limit`` (a pause, a busy neighbour, a compile)."""
+        return self.n >= 3 and self.max > self.outlier_limit
+
+    @property
     def cv(self) -> float:
         """Coefficient of variation (std / mean)."""
         return self.std / self.mean if self.mean else 0.0
+
+
+def geomean(values: Sequence[float]) -> float:
+    """Geometric mean: the average of ratios and of latencies across cases of different sizes."""
+    import math
+
+    values = list(values)
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"geomean needs positive values, got {values}")
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def pareto_indices(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[int]:

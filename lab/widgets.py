@@ -4,52 +4,104 @@ from __future__ import annotations
 
 from .cases import Case
 
+FREE_FORM_PROMPT = "a photo of an astronaut riding a horse on mars"
+
+
+def default_prompt(model: str) -> str:
+    """A prompt the model can draw: a held-out shape scene for the trained ``tiny`` (adherence 1.0 at
+    20 steps, seed 0), a free-form one for anything else."""
+    if model == "tiny":
+        from .shapes import held_out_prompts
+
+        return held_out_prompts(1)[0]
+    return FREE_FORM_PROMPT
+
+
+def _png(fig):
+    """A figure as a PNG display object: renders the same with or without a live kernel."""
+    import io
+
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return Image(data=buf.getvalue(), format="png")
+
 
 class Workbench:
     """Model, recipes (multi-select from the catalog), prompt, steps, resolution and seed; a Run button
     benchmarks the baseline and the chosen recipe and shows the latency table, both images and the
-    stage plot, with a progress bar during the run. ``display(wb.panel)`` shows it; tests drive it by
-    setting the widgets' values and calling ``wb.run_button.click()``."""
+    stage plot (baseline and recipe, both labelled), with a progress bar during the run.
+
+    Evaluate ``wb`` (or ``display(wb)``) in a notebook to show the panel. Every run clears the previous
+    results first, so after an error nothing stale stays on screen. Tests drive it by setting the
+    widgets' values and calling ``wb.run_button.click()``."""
 
     def __init__(self, models: tuple[str, ...] = ("tiny", "tiny-sdxl", "sd15-arch"), baseline: str = "fp32",
-                 device: str = "auto", repeats: int = 2):
+                 device: str = "auto", repeats: int = 2, steps: int = 20):
         import ipywidgets as w
 
         from . import recipes
 
         self.device, self.repeats, self.baseline = device, repeats, baseline
-        self.model = w.Dropdown(options=list(models), value=models[0], description="model")
-        self.recipes = w.SelectMultiple(options=recipes.names(), value=("bf16",), rows=8, description="recipes")
-        self.prompt = w.Text(value="a photo of an astronaut riding a horse on mars", description="prompt",
-                             layout=w.Layout(width="60%"))
-        self.steps = w.IntSlider(value=8, min=1, max=50, description="steps")
-        self.size = w.Dropdown(options=[0, 64, 128, 256, 512, 768, 1024], value=0, description="size (0=native)")
-        self.seed = w.IntText(value=0, description="seed")
+        style, wide = {"description_width": "initial"}, w.Layout(width="auto")
+        self.model = w.Dropdown(options=list(models), value=models[0], description="model", style=style)
+        self.recipes = w.SelectMultiple(options=recipes.names(), value=("bf16",), rows=8, description="recipes",
+                                        style=style)
+        self.prompt = w.Text(value=default_prompt(models[0]), description="prompt", style=style,
+                             layout=w.Layout(width="95%"))
+        self.steps = w.IntSlider(value=steps, min=1, max=50, description="steps", style=style)
+        self.size = w.Dropdown(options=[0, 64, 128, 256, 512, 768, 1024], value=0, description="size (0 = native)",
+                               style=style, layout=wide)
+        self.seed = w.IntText(value=0, description="seed", style=style, layout=w.Layout(width="140px"))
         self.run_button = w.Button(description="Run", button_style="primary")
-        self.progress = w.IntProgress(value=0, min=0, max=4, description="progress")
+        self.progress = w.IntProgress(value=0, min=0, max=4, description="progress", style=style)
         self.status = w.HTML()
         self.table_out, self.images_out, self.plot_out = w.Output(), w.Output(), w.Output()
         self.run_button.on_click(self._on_click)
+        self.model.observe(self._on_model, names="value")
         self.panel = w.VBox([w.HBox([self.model, self.seed]), self.recipes, self.prompt,
                              w.HBox([self.steps, self.size]), w.HBox([self.run_button, self.progress]), self.status,
                              self.table_out, self.images_out, self.plot_out])
         self.result = None  # the last run's table: one row per recipe (DataFrame)
         self.images: dict[str, object] = {}
+        self.figures: dict[str, object] = {}  # the last run's figures (images, stages), for inspection
         self.error: str | None = None
 
+    def _repr_mimebundle_(self, **kwargs):
+        """Display as the panel itself (not ``<Workbench at 0x...>``)."""
+        return self.panel._repr_mimebundle_(**kwargs)
+
     def recipe(self) -> str:
+        """The chosen recipes joined with ``+`` (the baseline when none is selected)."""
         return "+".join(self.recipes.value) or self.baseline
 
+    def _on_model(self, change) -> None:
+        # keep a prompt the new model can draw unless the user typed their own
+        if self.prompt.value in (default_prompt(change["old"]), ""):
+            self.prompt.value = default_prompt(change["new"])
+
+    def clear(self) -> None:
+        """Forget and hide the previous run: table, images, plot, status."""
+        for out in (self.table_out, self.images_out, self.plot_out):
+            out.outputs = ()
+        self.result, self.images, self.figures, self.error = None, {}, {}, None
+        self.progress.value, self.status.value = 0, ""
+
     def _on_click(self, _button) -> None:
-        self.error = None
+        self.clear()
         try:
             self.run()
         except Exception as err:  # shown in the panel: a click never raises into the event loop
+            for out in (self.table_out, self.images_out, self.plot_out):
+                out.outputs = ()
+            self.result, self.images, self.figures = None, {}, {}
             self.error = f"{type(err).__name__}: {err}"
             self.status.value = f"<b style='color:#b00'>{self.error}</b>"
 
     def run(self) -> None:
         """Benchmark baseline and recipe on the current settings and fill the outputs."""
+        import html
         import tempfile
 
         import matplotlib.pyplot as plt
@@ -57,48 +109,54 @@ class Workbench:
         from PIL import Image
 
         from . import plots
+        from ._checks import LabError
         from .benchmarking import benchmark
-        from .prepare import load_pipeline
+        from .prepare import prepare
         from .recipes import parse
+        from .shapes import adherence, is_shape_caption
 
+        self.clear()
         recipe = self.recipe()
         parse(recipe)  # bad combinations are reported before any loading
         size = self.size.value or None
         case = Case(self.prompt.value, steps=self.steps.value, height=size, width=size, seed=self.seed.value,
                     name="workbench")
-        self.progress.value, self.status.value = 0, f"running {self.baseline} and {recipe} ..."
-        rows, results = [], {}
+        self.status.value = html.escape(f"running {self.baseline} and {recipe} ...")
+        rows, results, images = [], {}, {}
         for label in (self.baseline, recipe):
-            pipe = load_pipeline(self.model.value, device=self.device)
-            plan = parse(label)
-            plan.apply(pipe, [case])
+            prepared = prepare(self.model.value, label, device=self.device, cases=[case], strict=False)
+            if prepared.skipped:  # checked against this machine: say why instead of a misleading run
+                raise LabError(f"{label} cannot apply here: {prepared.skipped}")
             self.progress.value += 1
             with tempfile.TemporaryDirectory() as tmp:
-                res = benchmark(pipe, case.with_overrides(**plan.case_overrides()), warmup=1, repeats=self.repeats,
-                                progress=False, image_dir=tmp)
+                res = benchmark(prepared.pipe, prepared.cases[0], warmup=1, repeats=self.repeats, progress=False,
+                                image_dir=tmp)
                 c = res.cases[0]
                 if c.error:
                     raise RuntimeError(f"{label}: {c.error}")
                 with Image.open(c.image) as img:
-                    self.images[label] = img.copy()
+                    images[label] = img.copy()
             self.progress.value += 1
             results[label] = res
-            rows.append({"recipe": label, "median_s": c.latency.median, "iqr_s": c.latency.iqr,
-                         "unet_s": c.stages.unet, "vae_decode_s": c.stages.vae_decode, "peak_rss_mb": c.peak_rss_mb})
+            row = {"recipe": label, "steps": c.case.steps, "median_s": c.latency.median, "iqr_s": c.latency.iqr,
+                   "unet_s": c.stages.unet, "vae_decode_s": c.stages.vae_decode, "peak_rss_mb": c.peak_rss_mb}
+            if is_shape_caption(case.prompt):
+                row["adherence"] = adherence(images[label], case.prompt).overall
+            rows.append(row)
+        self.images = images
         self.result = pd.DataFrame(rows).set_index("recipe")
         self.result["speedup"] = self.result["median_s"].iloc[0] / self.result["median_s"]
-        for out in (self.table_out, self.images_out, self.plot_out):
-            out.outputs = ()
         # append_display_data renders now, with or without a live kernel (``with out:`` needs one)
         self.table_out.append_display_data(self.result.round(3))
-        fig, axes = plt.subplots(1, 2, figsize=(6, 3), layout="constrained")
-        for ax, (label, image) in zip(axes, self.images.items()):
-            ax.imshow(image)
-            ax.set_title(label, fontsize=8)
-            ax.axis("off")
-        self.images_out.append_display_data(fig)
-        plt.close(fig)
-        fig = plots.plot_stages(results[recipe])
-        self.plot_out.append_display_data(fig)
-        plt.close(fig)
-        self.status.value = f"done: {recipe} is {self.result['speedup'].iloc[1]:.2f}x the baseline"
+        self.figures = {
+            "images": plots.plot_images(list(images.values()), [f"{k} ({self.result.loc[k, 'median_s']:.2f} s)"
+                                                                for k in images], ncols=2),
+            "stages": plots.plot_stage_comparison(results),
+        }
+        for out, fig in zip((self.images_out, self.plot_out), self.figures.values()):
+            out.append_display_data(_png(fig))
+            plt.close(fig)
+        speedup = self.result["speedup"].iloc[1]
+        self.status.value = html.escape(f"done: {recipe} is {speedup:.2f}x the speed of {self.baseline} "
+                                        f"({self.result['median_s'].iloc[1]:.3f} s against "
+                                        f"{self.result['median_s'].iloc[0]:.3f} s)")

@@ -140,6 +140,40 @@ def test_fallback_degrades_until_it_fits():
     assert pipe.vae.use_tiling
 
 
+def test_memory_budget_counts_new_tensors_not_views_and_raises_a_real_oom():
+    import torch
+
+    from lab.fallback import memory_budget
+
+    weight = torch.zeros(256, 1024)  # 1 MiB made before: not the call's
+    with memory_budget() as mode:
+        view = weight.t()
+        a = torch.ones(512, 1024)  # 2 MiB
+        b = a * 2  # 2 MiB more, both alive
+        del a, b
+        c = torch.ones(256, 1024)  # 1 MiB after the 4 MiB were freed
+    assert mode.peak == 4 * 2**20 and mode.live == 2**20 and view.shape == (1024, 256)
+    del c
+    with pytest.raises(torch.OutOfMemoryError, match="budget"), memory_budget(3.0):
+        keep = [torch.ones(256, 1024) for _ in range(4)]  # noqa: F841 - held: the fourth MiB is over
+
+
+def test_a_memory_budget_makes_the_fallback_really_degrade(tiny_pipe):
+    from lab.fallback import measure_working_set_mb
+
+    case = lab.Case("a red circle on the left, white background", steps=1)
+    need = measure_working_set_mb(tiny_pipe, case)
+    assert need > 0.1
+    pipe = lab.load_pipeline("tiny", device="cpu")  # fallback actions change the pipeline: a fresh one
+    image, result = lab.generate_with_fallback(pipe, case, min_size=32, memory_budget_mb=0.6 * need)
+    assert result.actions[:2] == ["vae-tiling", "attention-slicing"] and result.actions[2].startswith("resolution 64 ->")
+    assert all("lab memory budget" in e for e in result.errors) and len(result.errors) == len(result.actions)
+    assert image.size[0] < 64 and result.case.height == image.size[0]
+    assert result.peak_mb[-1] <= 0.6 * need and len(result.peak_mb) == len(result.actions) + 1
+    _, roomy = lab.generate_with_fallback(lab.load_pipeline("tiny", device="cpu"), case, memory_budget_mb=2 * need)
+    assert roomy.actions == [] and roomy.peak_mb[0] == pytest.approx(need, rel=0.05)
+
+
 def test_fallback_reraises_other_errors_and_the_final_oom():
     import torch
 
@@ -250,21 +284,46 @@ def test_mixed_precision_search_returns_a_pareto_set(tmp_path):
                        & (frame["ssim"] > row["ssim"]))
 
 
+def test_workbench_displays_itself_with_a_prompt_tiny_can_draw():
+    wb = lab.widgets.Workbench(models=("tiny", "sd15-arch"), device="cpu")
+    bundle = wb._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == wb.panel.model_id
+    assert wb.steps.value == 20 and lab.shapes.is_shape_caption(wb.prompt.value)
+    assert wb.size.style.description_width == "initial"
+    wb.model.value = "sd15-arch"  # a random-weight model: a free-form prompt
+    assert not lab.shapes.is_shape_caption(wb.prompt.value)
+
+
 def test_workbench_runs_when_clicked():
     wb = lab.widgets.Workbench(models=("tiny",), device="cpu", repeats=1)
     wb.recipes.value = ("bf16", "channels-last")
-    wb.steps.value = 2
-    wb.prompt.value = "a blue square"
-    wb.run_button.click()
+    wb.run_button.click()  # the defaults: a held-out shape scene, 20 steps
     assert wb.error is None, wb.error
     assert list(wb.result.index) == ["fp32", "bf16+channels-last"] and wb.result.loc["fp32", "speedup"] == 1.0
+    assert wb.result.loc["fp32", "steps"] == 20 and wb.result.loc["fp32", "adherence"] == 1.0
+    assert wb.result.loc["bf16+channels-last", "speedup"] == pytest.approx(
+        wb.result.loc["fp32", "median_s"] / wb.result.loc["bf16+channels-last", "median_s"])
     assert set(wb.images) == {"fp32", "bf16+channels-last"} and wb.images["fp32"].size == (64, 64)
     assert wb.progress.value == wb.progress.max and "done" in wb.status.value
     assert wb.table_out.outputs and wb.images_out.outputs and wb.plot_out.outputs
+    table = wb.table_out.outputs[0]["data"]["text/plain"]
+    assert "bf16+channels-last" in table and "median_s" in table
+    # the stage plot holds both, labelled; both figures reach the outputs as PNGs
+    stages = wb.figures["stages"].axes[0]
+    assert [t.get_text() for t in stages.get_yticklabels()] == ["bf16+channels-last", "fp32"]
+    assert lab.plots.layout_problems(wb.figures["stages"]) == []
+    assert all("image/png" in out.outputs[0]["data"] for out in (wb.images_out, wb.plot_out))
 
-
-def test_workbench_reports_a_bad_combination_in_the_panel():
-    wb = lab.widgets.Workbench(models=("tiny",), device="cpu", repeats=1)
-    wb.recipes.value = ("bf16", "fp16")
+    wb.recipes.value = ("bf16", "fp16")  # an error clears everything the last run showed
     wb.run_button.click()
     assert "cannot combine" in wb.error and "cannot combine" in wb.status.value
+    assert wb.result is None and not wb.images
+    assert not (wb.table_out.outputs or wb.images_out.outputs or wb.plot_out.outputs)
+
+
+def test_workbench_says_why_a_recipe_cannot_apply():
+    wb = lab.widgets.Workbench(models=("tiny",), device="cpu", repeats=1, steps=3)
+    wb.recipes.value = ("model-cpu-offload",)  # needs CUDA: the reason, not a misleading run
+    wb.run_button.click()
+    assert wb.error and "cannot apply here" in wb.error and wb.result is None

@@ -62,13 +62,14 @@ def test_comparison_plots_render_with_their_series(cmp, name, tmp_path):
     fig = getattr(plots, name)(cmp, path=tmp_path / f"{name}.png")
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
     ax = fig.axes[0]
+    assert plots.layout_problems(fig) == [], "labels clipped or colliding at notebook width"
     if name == "plot_latency":
-        assert len(ax.patches) == len(RECIPES) and "seconds" in ax.get_ylabel()
-        assert [t.get_text() for t in ax.get_xticklabels()] == RECIPES
+        assert len(ax.patches) == len(RECIPES) and "seconds" in ax.get_xlabel()
+        assert [t.get_text() for t in ax.get_yticklabels()] == RECIPES[::-1]  # read top-down in recipe order
     elif name == "plot_speedup":
-        assert len(ax.patches) == len(RECIPES) - 1 and "%" in ax.get_ylabel()
+        assert len(ax.patches) == len(RECIPES) - 1 and "%" in ax.get_xlabel()
     elif name == "plot_stage_breakdown":
-        assert len(ax.patches) == 4 * len(RECIPES) and len(ax.get_legend().get_texts()) == 4
+        assert len(ax.patches) == 4 * len(RECIPES) and len(fig.legends[0].get_texts()) == 4
     elif name == "plot_quality_vs_speed":
         labels = {t.get_text() for t in ax.texts}
         assert labels == set(RECIPES) and ax.get_legend() is not None
