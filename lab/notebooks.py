@@ -71,9 +71,9 @@ def run_notebook(path: Path, out: str | os.PathLike, *, timeout: int | None = No
 
     workdir = writable_dir(Path(out) / path.stem)
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
-    )
+    # the kernel's own log is a warning about TCP on loopback per notebook: noise in a headless run
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}},
+                            extra_arguments=["--log-level=ERROR"])
     # the kernel inherits this process's environment; lab importable even without an install
     env = {**(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     saved = {k: os.environ.get(k) for k in env}
@@ -138,7 +138,8 @@ def write_index(out: str | os.PathLike, runs: Sequence[NotebookRun], *, total_s:
     rows, sections = [], []
     for run in runs:
         folder = Path(run.executed).parent
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts
+                       and not p.name.startswith("."))  # run locks and temporary files are no artifacts
         rel = [p.relative_to(out).as_posix() for p in files]
         rows.append({"notebook": Path(run.notebook).stem, "status": run.status, "seconds": round(run.seconds, 1),
                      "error": run.error, "executed": Path(run.executed).relative_to(out).as_posix(),

@@ -207,7 +207,8 @@ def _patch(colour, label):
 def _short(name: str, kind: str) -> str:
     from .profiling import short_kernel_name
 
-    return short_kernel_name(name, width=32) if kind == "kernel" else name.removeprefix("aten::")
+    # matplotlib hides legend labels that start with "_" (aten::_scaled_dot_product_...)
+    return short_kernel_name(name, width=32) if kind == "kernel" else name.removeprefix("aten::").lstrip("_")
 
 
 def _ok_frame(comparison):
