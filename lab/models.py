@@ -309,15 +309,7 @@ def _from_pretrained(model: str, dtype):
 
 
 def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None):
-    """Load a diffusers pipeline by embedded name, local folder or hub id, with no recipe applied.
-
-    Args:
-        model: an embedded name (``tiny``, ``tiny-random``, ``sd15-arch``, ...: ``embedded_models()``), a local
-            diffusers folder, or a hub id.
-        dtype: ``fp32``, ``fp16`` or ``bf16``.
-        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
-        scheduler: a name from ``lab.schedulers.scheduler_names()``; None keeps the model's own.
-    """
+    """Load a diffusers pipeline with no recipe applied (arguments as ``lab.load_pipeline``, which adds recipes)."""
     from .schedulers import SCHEDULERS
     from ._checks import choose
 
