@@ -13,6 +13,11 @@ from ._checks import LabError, writable_dir
 from .quality import QualityReport, QualityThresholds, evaluate
 
 
+RANDOM_WEIGHTS = ("{model} has random weights: its images' SSIM and PSNR against the baseline mean nothing (the "
+                  "trajectories diverge), so the quality gate cannot judge a recipe here; read `fidelity_rel_err` "
+                  "(the first denoising step against the baseline's) in the recipe table instead.")
+
+
 def choose(comparison, quality: QualityReport) -> str:
     """The fastest recipe whose every image passes the quality gate (the baseline if none does)."""
     frame = comparison.to_frame()
@@ -117,7 +122,9 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
     md = [f"# Before / after: {comparison.model}", "",
           f"Baseline `{comparison.baseline}`, chosen `{chosen}` "
           f"({'fastest recipe passing' if recipe is None else 'as requested; quality gate'}: SSIM > {gate.ssim_min}, "
-          f"PSNR > {gate.psnr_min} dB).", "", "## Before / after", "", table.round(4).to_markdown(), "",
+          f"PSNR > {gate.psnr_min} dB).", "", *([RANDOM_WEIGHTS.format(model=comparison.model), ""]
+                                               if comparison.random_weights else []),
+          "## Before / after", "", table.round(4).to_markdown(), "",
           "## Chosen recipe", "", "```yaml", yaml_text.rstrip(), "```", "", "## Quality gate", "",
           quality.summary().round(4).to_markdown() if quality.images else "(no images besides the baseline)", ""]
     if quality.skipped_metrics:
@@ -139,6 +146,8 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
     body = [f"<h1>Before / after: {html.escape(comparison.model)}</h1>",
             f"<p>Baseline <code>{html.escape(comparison.baseline)}</code>, chosen <code>{html.escape(chosen)}</code> "
             f"(quality gate: SSIM &gt; {gate.ssim_min}, PSNR &gt; {gate.psnr_min} dB).</p>",
+            *([f"<p><b>{html.escape(RANDOM_WEIGHTS.format(model=comparison.model))}</b></p>"]
+              if comparison.random_weights else []),
             "<h2>Before / after</h2>", table_html(table), "<h2>Chosen recipe</h2>",
             f"<pre>{html.escape(yaml_text)}</pre>", "<h2>Quality gate</h2>",
             table_html(quality.summary()) if quality.images else "<p>(no images besides the baseline)</p>",
