@@ -32,11 +32,15 @@ def positive_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and prove it is writable, before any heavy work starts."""
+def _out_path(path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise LabError(f"output directory must be a non-empty path, got {path!r}; e.g. --out runs/my-run.")
-    path = Path(path)
+    return Path(path)
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and prove it is writable, before any heavy work starts."""
+    path = _out_path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".lab-write-test-"):
@@ -130,9 +134,7 @@ _BOOKKEEPING = {".lock", "comparison.json", "environment.json"}
 def output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """``writable_dir(path)`` for the duration of a command; if the command fails before writing any
     result, the folders it created are removed again (a model that fails to load leaves no empty --out)."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise LabError(f"output directory must be a non-empty path, got {path!r}; e.g. --out runs/my-run.")
-    path = Path(path)
+    path = _out_path(path)
     top = None  # the highest folder this call creates
     for candidate in (path, *path.parents):
         if candidate.exists():

@@ -214,9 +214,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from .presets import preset, recommend
     from .env import RecipeEnv
-    from .presets import PRIORITIES
+    from .presets import PRIORITIES, preset, recommend
     from .recipes import catalog
 
     choose("priority", args.priority, PRIORITIES)  # checked before anything is printed

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cases import Case
-from .results import Record
+from .results import Record, atomic_write_bytes
 
 
 def first_step_update(pipe, case: Case):
@@ -62,15 +62,12 @@ class Fidelity(Record):
 
 
 def save_update(update, path: str | os.PathLike) -> Path:
-    """Write an update as safetensors (no pickle)."""
-    from safetensors.torch import save_file
+    """Write an update as safetensors (no pickle), atomically."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"update": update.contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, save({"update": update.contiguous()}))
 
 
 def load_update(path: str | os.PathLike):

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .results import Record
+from .results import Record, atomic_write_text
 
 
 @dataclass
@@ -121,7 +121,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
 
     def save() -> None:
         check.save(out / "gpu_check.json")
-        (out / "gpu_check.md").write_text(check.to_markdown(), encoding="utf-8")
+        atomic_write_text(out / "gpu_check.md", check.to_markdown())
 
     def section(name: str, fn) -> None:
         start = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 from ._checks import LabError
 from .cases import Case
 from .flops import Peak, utilisation
-from .results import Record
+from .results import Record, atomic_write_text
 
 CASE = Case("a photo of an astronaut riding a horse on mars", name="astronaut")
 
@@ -222,5 +222,5 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
                           env=json.loads((out / "environment.json").read_text()), ssim_meaningful=not random_weights,
                           notes=notes)
     result.save(out / "ladder.json")
-    (out / "ladder.md").write_text(result.to_markdown() + "\n", encoding="utf-8")
+    atomic_write_text(out / "ladder.md", result.to_markdown() + "\n")
     return result

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ._checks import writable_dir
 from .env import REPO_ROOT
+from .results import atomic_write_text
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 # what the index lists, by kind; anything else under a notebook's folder is listed as "other"
@@ -181,10 +182,10 @@ def write_index(out: str | os.PathLike, runs: Sequence[NotebookRun], *, total_s:
             "body{font-family:sans-serif;max-width:1000px;margin:2em auto}td,th{padding:2px 8px;text-align:left}"
             "</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     paths = {"markdown": out / "index.md", "html": out / "index.html", "json": out / "index.json"}
-    paths["markdown"].write_text("\n".join(md), encoding="utf-8")
-    paths["html"].write_text(page, encoding="utf-8")
-    paths["json"].write_text(json.dumps({"summary": summary, "total_s": total_s, "prepare": prepare or {},
-                                         "notebooks": rows}, indent=2), encoding="utf-8")
+    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_text(paths["html"], page)
+    atomic_write_text(paths["json"], json.dumps({"summary": summary, "total_s": total_s, "prepare": prepare or {},
+                                                 "notebooks": rows}, indent=2))
     return paths
 
 
@@ -203,6 +204,6 @@ def run_demo(out: str | os.PathLike, paths: Sequence[Path] | None = None, *, env
         echo(f"  {'FAILED: ' + run.error if run.error else 'ok'} in {run.seconds:.0f} s -> {run.executed}")
         runs.append(run)
     index = write_index(out, runs, total_s=time.perf_counter() - start, prepare=prepared)
-    (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=2), encoding="utf-8")
+    atomic_write_text(out / "runs.json", json.dumps([asdict(r) for r in runs], indent=2))
     echo(f"\nindex of every artifact: {index['html'].resolve()} (and index.md)")
     return runs, index

@@ -27,7 +27,7 @@ from pathlib import Path
 from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
 from .env import Environment
-from .results import Record
+from .results import Record, atomic_write_text
 
 RANGE_PREFIX = "lab:"
 KINDS = ("op", "kernel", "runtime", "profiler")
@@ -375,7 +375,7 @@ def profile(
                     monitor.stop()
         if on_cuda and memory_snapshot:
             snapshot_path = out / "memory_snapshot.json"
-            snapshot_path.write_text(json.dumps(torch.cuda.memory._snapshot()))
+            atomic_write_text(snapshot_path, json.dumps(torch.cuda.memory._snapshot()))
             torch.cuda.memory._record_memory_history(enabled=None)
             snapshot_bytes = snapshot_path.stat().st_size
             notes.append(f"memory_snapshot.json: torch.cuda.memory._snapshot() as JSON (no pickle), at most "

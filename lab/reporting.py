@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ._checks import LabError, writable_dir
 from .quality import QualityReport, QualityThresholds, evaluate
+from .results import atomic_write_text
 
 
 RANDOM_WEIGHTS = ("{model} has random weights: its images' SSIM and PSNR against the baseline mean nothing (the "
@@ -164,6 +165,6 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
             "img{max-width:100%}.wide{overflow-x:auto}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
-    paths["markdown"].write_text("\n".join(md), encoding="utf-8")
-    paths["html"].write_text(page, encoding="utf-8")
+    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_text(paths["html"], page)
     return paths

@@ -1,7 +1,6 @@
 import re
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -31,16 +30,11 @@ def test_pyproject_declares_lower_bounds():
 
 
 def test_import_is_cheap_and_lazy():
-    code = (
-        "import sys, time; t = time.perf_counter(); import lab; dt = time.perf_counter() - t; "
-        "print(dt, 'diffusers' in sys.modules, 'torch' in sys.modules)"
-    )
-    start = time.perf_counter()
+    # what makes the import cheap is what it does not load; its time is measured by benchmarks/foundation.py
+    heavy = ("torch", "diffusers", "transformers", "optimum.quanto", "pandas", "matplotlib")
+    code = f"import sys; import lab; print(*[m in sys.modules for m in {heavy!r}])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
-    seconds, diffusers_loaded, torch_loaded = out.stdout.split()
-    assert diffusers_loaded == "False" and torch_loaded == "False"
-    assert float(seconds) < 1.5 and wall < 5
+    assert out.stdout.split() == ["False"] * len(heavy), dict(zip(heavy, out.stdout.split()))
 
 
 def test_public_api_resolves():
