@@ -73,7 +73,7 @@ class CaseResult(Record):
     first_call_s: float | None = None
     images_per_s: float | None = None
     peak_rss_mb: float | None = None
-    rss_before_mb: float | None = None  # resident before the measured calls (weights included)
+    rss_before_mb: float | None = None  # resident after the warm-up, before the measured calls (weights included)
     peak_cuda_allocated_mb: float | None = None
     peak_cuda_reserved_mb: float | None = None
     cpu_percent: float | None = None
@@ -156,9 +156,11 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
     kwargs = case.pipeline_kwargs()
     proc = psutil.Process()
     first_call, runs, output = None, [], None
-    rss_before = proc.memory_info().rss
+    rss_before = None
     for i in range(warmup + repeats):
         flush(device)
+        if i == warmup:  # after the warm-up: its lasting growth (arenas, caches) varies by MBs run to run
+            rss_before = proc.memory_info().rss
         generator = torch.Generator("cpu").manual_seed(case.seed)
         cpu_before = proc.cpu_times()
         output, times = timer.measure(pipe, generator=generator, **kwargs)

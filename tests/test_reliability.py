@@ -649,7 +649,9 @@ def test_a_read_only_remount_mid_run_stops_cleanly_and_resumes(tmpfs, capsys, mo
 # -- memory does not depend on run order --------------------------------------------------------------------
 def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
     # Before the priming call, whichever plan ran first in a fresh process reported ~51 MB on tiny and the
-    # other ~31 MB (the first call's lasting growth of the process counted against it); now both ~31 MB.
+    # other ~31 MB (the first call's lasting growth of the process counted against it). With the RSS baseline
+    # still read before the warm-up, its lasting growth made the figure wander 29-32 MB from process to
+    # process (CI once saw 2.5 MB between the orders); read after the warm-up, both read ~18 MB.
     same = ["fp32", "fp32-text+fp32-unet+fp32-vae"]
     peaks = {}
     for order in (same, same[::-1]):
