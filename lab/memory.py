@@ -54,8 +54,8 @@ def cuda_peaks(device: str) -> tuple[int | None, int | None]:
 def model_peak_mb(weight_bytes: int, peak_rss_mb: float | None, rss_before_mb: float | None,
                   peak_cuda_mb: float | None = None) -> float | None:
     """Peak memory attributable to the model: CUDA peak allocated on a GPU; on CPU, the weights plus
-    what a call adds over the RSS before it (process RSS also holds the runtime and heap left over
-    from earlier pipelines, which would make later runs look worse)."""
+    what a measured call adds over the RSS before it, read after the warm-up (process RSS also holds the
+    runtime and heap left over from earlier pipelines, which would make later runs look worse)."""
     if peak_cuda_mb is not None:
         return peak_cuda_mb
     if peak_rss_mb is None or rss_before_mb is None:

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,10 @@ def test_bench_end_to_end(tmp_path):
     ],
 )
 def test_bad_names_exit_2_with_guidance(tmp_path, args, words):
-    start = time.perf_counter()
     out = run("bench", *args, "--steps", "1", "--repeats", "1", "--out", str(tmp_path / "o"))
     assert out.returncode == 2
     assert all(w in out.stderr for w in words), out.stderr
-    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "o").exists()  # refused before any model was loaded or file written
 
 
 def test_bad_counts_are_rejected_by_the_parser(tmp_path):
