@@ -1,6 +1,7 @@
 """Each recipe's latency and peak-memory ratio against fp32 on sd15-arch (issue: compare & optimize).
 
-Usage: python benchmarks/recipes_sd15.py [--size 256] [--steps 4] [--repeats 2] [--out runs/recipes_sd15]
+Usage: python benchmarks/recipes_sd15.py [--size 256] [--steps 4] [--repeats 2] [--recipes fp32,bf16,...]
+       [--out runs/recipes_sd15]
 Resumable: re-running with the same --out skips finished recipes. Prints a Markdown table.
 """
 
@@ -28,10 +29,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--recipes", type=lambda v: v.split(","), default=RECIPES,
+                        help="comma-separated, fp32 (the baseline) first; default: the whole list above")
     parser.add_argument("--out", default=str(ROOT / "runs" / "recipes_sd15"))
     args = parser.parse_args()
+    if args.recipes[0] != "fp32":
+        parser.error(f"--recipes must start with fp32, the baseline every ratio is against, got {args.recipes[0]!r}")
     case = lab.load_prompts("seed002")[0].with_overrides(steps=args.steps, height=args.size, width=args.size)
-    cmp = lab.compare(args.model, RECIPES, [case], repeats=args.repeats, warmup=1, out=args.out, device=args.device)
+    cmp = lab.compare(args.model, args.recipes, [case], repeats=args.repeats, warmup=1, out=args.out,
+                      device=args.device)
     frame = cmp.to_frame()
     base_unet = cmp.record("fp32", case.name).weight_bytes["unet"]
     frame["unet_weights_x_smaller"] = [base_unet / cmp.record(r, case.name).weight_bytes["unet"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 from pathlib import Path
 
@@ -20,6 +22,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def trim_heap() -> bool:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``); False where there is no glibc.
+
+    glibc keeps what a call freed resident; the next call reuses it without growing the RSS, so its
+    transient memory would not show in the high-water mark.
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the C library this process already runs on
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
+        return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size since the last reset (or process start)."""
     try:
@@ -32,10 +52,11 @@ def peak_rss_bytes() -> int:
 
 
 def flush(device: str = "cpu") -> None:
-    """Collect garbage, empty the CUDA cache and reset peak statistics before a measurement."""
+    """Collect garbage, trim the heap, empty the CUDA cache and reset peak statistics before a measurement."""
     import torch
 
     gc.collect()
+    trim_heap()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -649,9 +649,9 @@ def test_a_read_only_remount_mid_run_stops_cleanly_and_resumes(tmpfs, capsys, mo
 # -- memory does not depend on run order --------------------------------------------------------------------
 def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
     # Before the priming call, whichever plan ran first in a fresh process reported ~51 MB on tiny and the
-    # other ~31 MB (the first call's lasting growth of the process counted against it). With the RSS baseline
-    # still read before the warm-up, its lasting growth made the figure wander 29-32 MB from process to
-    # process (CI once saw 2.5 MB between the orders); read after the warm-up, both read ~18 MB.
+    # other ~31 MB (the first call's lasting growth of the process counted against it). Now the RSS baseline
+    # is read after the warm-up and freed heap is trimmed before each call: 21.0-23.6 MB over 16 fresh
+    # processes (docs/benchmarks.md), so the tolerance is that resolution, far below the 20 MB order effect.
     same = ["fp32", "fp32-text+fp32-unet+fp32-vae"]
     peaks = {}
     for order in (same, same[::-1]):
@@ -664,6 +664,6 @@ def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
         peaks[tuple(order)] = Comparison.load(out).to_frame()["peak_mem_mb"].to_dict()
     first, second = peaks.values()
     for plan in same:  # the same plan, first or second in its process: the same figure
-        assert abs(first[plan] - second[plan]) <= 0.05 * min(first[plan], second[plan]) + 1.0, peaks
+        assert abs(first[plan] - second[plan]) <= 0.10 * min(first[plan], second[plan]) + 1.0, peaks
     values = [v for p in peaks.values() for v in p.values()]
     assert max(values) - min(values) <= 0.10 * min(values) + 1.0, peaks  # was +65 % for whichever ran first
