@@ -20,7 +20,8 @@ from .results import Record
 # implements these names).
 SUGGESTIONS: dict[str, list[str]] = {
     "time-over-budget": ["bf16", "fp16", "compile-unet", "dpmpp-2m-karras", "lcm"],
-    "memory-over-weights": ["vae-slicing", "vae-tiling", "attention-slicing", "model-cpu-offload"],
+    # not attention-slicing: with SDPA (the default) it saves nothing and costs time (docs/benchmarks.md)
+    "memory-over-weights": ["vae-slicing", "vae-tiling", "model-cpu-offload"],
     "cpu-bound-host": ["cache-prompt-embeds", "compile-unet"],
     "pre-post-overhead": ["cache-prompt-embeds", "compile-vae"],
     "quality-drop": ["fp32", "quanto-unet-int8w"],
