@@ -75,6 +75,12 @@ class RunRecord(Record):
     def key(self) -> tuple[str, str, int]:
         return (self.recipe, self.case, self.seed)
 
+    @property
+    def peak_mem_mb(self) -> float | None:
+        """Peak memory attributable to the model in this run (``lab.memory.model_peak_mb``)."""
+        return model_peak_mb(sum(self.weight_bytes.values()), self.peak_rss_mb, self.rss_before_mb,
+                             self.peak_cuda_allocated_mb)
+
 
 @dataclass
 class Comparison(Record):
@@ -140,8 +146,8 @@ class Comparison(Record):
                 med = statistics.median
                 ratios = [base[(r.case, r.seed)].latency.median / r.latency.median
                           for r in ok if (r.case, r.seed) in base]
-                mem = [_peak_mb(r) for r in ok]
-                base_mem = [_peak_mb(b) for b in base.values()]
+                mem = [r.peak_mem_mb for r in ok]
+                base_mem = [b.peak_mem_mb for b in base.values()]
                 outliers = [r for r in ok if r.latency.has_outlier]
                 row.update(
                     latency_s=geomean([r.latency.median for r in ok]),
@@ -243,10 +249,6 @@ class Comparison(Record):
 
     def record(self, recipe: str, case: str, seed: int = 0) -> RunRecord:
         return next(r for r in self.records if r.key == (recipe, case, seed))
-
-
-def _peak_mb(r: RunRecord) -> float:
-    return model_peak_mb(sum(r.weight_bytes.values()), r.peak_rss_mb, r.rss_before_mb, r.peak_cuda_allocated_mb)
 
 
 def _append(path: Path, record: RunRecord) -> None:

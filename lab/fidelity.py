@@ -23,9 +23,11 @@ def first_step_update(pipe, case: Case):
     """The first denoising step's update of ``case`` (fp32, on CPU) from seeded initial latents."""
     import torch
 
+    from .models import default_size
+
     generator = torch.Generator("cpu").manual_seed(case.seed)
     unet = pipe.unet
-    size = case.height or int(unet.config.sample_size * pipe.vae_scale_factor)
+    size = case.height or default_size(pipe)
     width = case.width or size
     shape = (1, unet.config.in_channels, size // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     initial = torch.randn(shape, generator=generator, dtype=torch.float32)

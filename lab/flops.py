@@ -323,6 +323,19 @@ def count_stage_flops(pipe, case: Case) -> dict[str, int]:
     return totals
 
 
+def matmul_dtype(pipe) -> str:
+    """The dtype whose matmul peak bounds ``pipe``'s UNet: its weights' dtype, tf32 for fp32 on TF32 tensor cores."""
+    import torch
+
+    from .env import DTYPES, dtype_name
+
+    dtype = dtype_name(pipe.unet.dtype)
+    dtype = dtype if dtype in DTYPES else "fp32"  # no matmul peak for other dtypes: compare against fp32
+    if dtype == "fp32" and str(pipe.device).startswith("cuda") and torch.backends.cuda.matmul.allow_tf32:
+        dtype = "tf32"  # fp32 matmuls run on TF32 tensor cores: their peak is the honest ceiling
+    return dtype
+
+
 def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = None, peak: Peak | None = None,
                  repeats: int = 3) -> FlopsReport:
     """Count FLOPs per stage and set them against measured stage times and the device peak.
@@ -333,14 +346,11 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
     """
     import torch
 
-    from .env import DTYPES, dtype_name
+    from .models import default_size
     from .timing import StageTimer
 
     device = str(pipe.device)
-    dtype = dtype_name(pipe.unet.dtype)
-    dtype = dtype if dtype in DTYPES else "fp32"  # no matmul peak for other dtypes: compare against fp32
-    if dtype == "fp32" and device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32:
-        dtype = "tf32"  # fp32 matmuls run on TF32 tensor cores: their peak is the honest ceiling
+    dtype = matmul_dtype(pipe)
     if stage_seconds is None:
         runs = []
         with StageTimer(pipe, device=device) as timer:
@@ -354,7 +364,7 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
                          "vae_decode": med(r.vae_decode for r in runs)}
     flops = count_stage_flops(pipe, case)
     peak = peak or measure_peak(device, dtype)
-    size = case.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = case.height or default_size(pipe)
     batch = 2 if case.guidance > 1 else 1
     stages = []
     for name in ("text_encoder", "unet", "vae_decode"):

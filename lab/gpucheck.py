@@ -93,6 +93,7 @@ def _best(ladder) -> tuple[float | None, float | None]:
 def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = "auto",
                   progress: bool = True) -> GpuCheck:
     """Run every section (see the module docstring); writes ``gpu_check.json`` and ``gpu_check.md`` under ``out``."""
+    from . import recipes
     from ._checks import writable_dir
     from .env import Environment, RecipeEnv
     from .flops import measure_peak, peak_dtypes
@@ -118,6 +119,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
     )}
     check.targets = list(targets.values())
     utilisations: list[float] = []
+    measured = {}  # dtype -> Peak: measured once, so every utilisation is judged against the peaks reported
 
     def save() -> None:
         check.save(out / "gpu_check.json")
@@ -137,7 +139,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
 
     def peaks() -> None:
         for dtype in peak_dtypes(env.device, env.cuda_capability):
-            peak = measure_peak(env.device, dtype, sizes=(256, 512) if smoke else None)
+            peak = measured[dtype] = measure_peak(env.device, dtype, sizes=(256, 512) if smoke else None)
             row = {"dtype": dtype, "measure_peak": peak.flops_per_s / 1e12, "size": peak.size,
                    "products_per_sync": peak.products}
             if dtype in ("fp16", "bf16"):
@@ -153,7 +155,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
         model, size, steps = ("tiny", 64, 2) if smoke else ("sd15-arch", 512, 30)
         case = CASE.with_overrides(steps=steps, height=size, width=size)
         run = diagnose_run(model, case, out=out / "diagnose", dtype=half, device=env.device,
-                           repeats=1 if smoke else 3, progress=progress)
+                           repeats=1 if smoke else 3, progress=progress, peaks=measured)
         d = run.diagnosis
         first = d.findings[0] if d.findings else None
         check.diagnosis = {"rules": d.rules, "first_suggestion": first.suggest[0] if first and first.suggest else None,
@@ -166,7 +168,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
     def ladder(name: str, model: str, size: int, speed: str, util: str, plan=None) -> None:
         result = run_ladder(model, size=size, steps=2 if smoke else 30, repeats=1 if smoke else 3,
                             device=env.device, out=out / f"ladder-{name}", plan=plan, fewer_steps_rung=False,
-                            progress=progress)
+                            progress=progress, peaks=measured)
         check.ladders[name] = {"markdown": result.to_markdown(), "json": str(out / f"ladder-{name}" / "ladder.json")}
         utilisations.extend(r.utilisation_pct for r in result.rungs if r.utilisation_pct is not None)
         if env.cuda:
@@ -178,7 +180,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
     sd15_plan = [("fp32", "fp32"), (half, half), ("+ SDPA, channels-last", f"{half}+sdpa+channels-last"),
                  ("+ CUDA graphs", f"{half}+sdpa+channels-last+{graphs}"),
                  ("+ CUDA graphs, tuned inductor", f"{half}+sdpa+channels-last+compile-unet-tuned")]
-    if "torchao" in env.packages and (env.cuda_capability or (0, 0)) >= (8, 9):
+    if recipes.get("torchao-fp8dq").check(env) is None:
         sd15_plan.append(("bf16 + float8 (torchao) + CUDA graphs", f"bf16+sdpa+channels-last+torchao-fp8dq+{graphs}"))
     sdxl_plan = [("fp32", "fp32"), ("bf16 + SDPA", "bf16+sdpa"),
                  ("+ channels-last + CUDA graphs", f"bf16+sdpa+channels-last+{graphs}")]

@@ -137,16 +137,18 @@ def _dtype(recipe: str) -> str:
 def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, repeats: int = 3,
                device: str = "auto", out: str | os.PathLike | None = None, smoke: bool = False,
                plan: list[tuple[str, str]] | None = None, fewer_steps_rung: bool = True,
-               progress: bool = True) -> LadderResult:
+               progress: bool = True, peaks: dict[str, Peak] | None = None) -> LadderResult:
     """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
 
     Args:
         smoke: tiny, 1 repeat, 2 steps and regional compile (what CI runs: cold whole-UNet compiles cost minutes).
         plan: (label, recipe) rungs to run instead of the standard ones (the first must be ``fp32``).
         fewer_steps_rung: add the fewer-steps rung on the fastest rung (one more compile when that rung compiles).
+        peaks: matmul peaks by dtype already measured on this device; the ones missing are measured here.
     """
     import json
 
+    from . import recipes
     from .env import RecipeEnv
     from .experiments import compare
     from .flops import measure_peak, unet_step_flops
@@ -159,7 +161,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     precision = "fp16" if env.cuda else "bf16"
     compile_recipe = ("compile-unet-regional" if smoke else "compile-unet-reduce-overhead" if env.cuda
                       else "compile-unet-frozen")
-    fp8 = env.cuda and not smoke and "torchao" in env.packages and (env.cuda_capability or (0, 0)) >= (8, 9)
+    fp8 = not smoke and recipes.get("torchao-fp8dq").check(env) is None
     ladder = list(plan) if plan else rungs(precision, steps, compile_recipe, fp8=fp8)
     if ladder[0][1] != "fp32":
         raise LabError(f"a ladder starts at fp32 (its baseline), not {ladder[0][1]!r}")
@@ -184,9 +186,9 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     batch = 2 if case.guidance > 1 else 1
     step_flops = unet_step_flops(pipe, size, size, batch)["total"]
     del pipe
-    peaks = {dt: measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
+    given = peaks or {}
+    peaks = {dt: given.get(dt) or measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
     fp32 = cmp.record("fp32", case.name)
-    frame = cmp.to_frame()
     result_rungs, over = [], []
     for label, recipe in ladder:
         rec = cmp.record(recipe, case.name)
@@ -203,13 +205,13 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
             rung.utilisation_pct, rung.peak_dtype = utilisation(achieved, peak), dtype
             if rung.utilisation_pct is None:
                 over.append(label)
-            rung.peak_mem_mb = float(frame.loc[recipe, "peak_mem_mb"])
+            rung.peak_mem_mb = rec.peak_mem_mb
             rung.ssim = rec.ssim
             if rec.fidelity is not None:
                 rung.fidelity_cosine, rung.fidelity_rel_error = rec.fidelity.cosine, rec.fidelity.rel_error
         result_rungs.append(rung)
     notes = []
-    random_weights = model in EMBEDDED and not EMBEDDED[model].trained
+    random_weights = cmp.random_weights
     if random_weights:
         notes.append(f"{model} has random weights: image SSIM against fp32 says nothing about a recipe (the "
                      "trajectories diverge), so it is left out; fidelity_cosine compares the first denoising "

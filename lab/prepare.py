@@ -32,10 +32,6 @@ class Prepared:
     skipped: str | None = None
     apply_s: float | None = None
 
-    @property
-    def overrides(self) -> dict[str, Any]:
-        return self.plan.case_overrides()
-
 
 def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto", dtype: str = "fp32",
             scheduler: str | None = None, cases: Sequence[Case] | Case = (), env: RecipeEnv | None = None,
@@ -66,7 +62,6 @@ def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto
     start = time.perf_counter()
     plan.apply(pipe, prepared.cases)
     prepared.apply_s = time.perf_counter() - start
-    pipe.lab_recipe = plan.text
     prepared.pipe = pipe
     return prepared
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .benchmarking import BenchmarkResult
 from .cases import Case
 from .diagnosis import Diagnosis, Thresholds
-from .flops import FlopsReport
+from .flops import FlopsReport, Peak
 from .profiling import ProfileResult
 from .results import Record
 
@@ -47,18 +47,20 @@ def diagnose_run(model: str, case: Case, *, out: str | os.PathLike = "runs/diagn
                  device: str = "auto", scheduler: str | None = None, recipe: str | None = None, repeats: int = 3,
                  record_steps: int = 2, with_stack: bool = False, memory_snapshot: bool = False,
                  thresholds: Thresholds | None = None, diagnosis: bool = True, progress: bool = True,
-                 pipe=None) -> DiagnosisRun:
+                 pipe=None, peaks: dict[str, Peak] | None = None) -> DiagnosisRun:
     """Benchmark, profile and (with ``diagnosis``) count FLOPs and diagnose one case; every artifact under ``out``.
 
     Args:
         pipe: an already prepared pipeline (then ``model``/``dtype``/``recipe`` only label the run).
         memory_snapshot: also write the CUDA allocator history (opt-in: see ``lab.profile``).
+        peaks: matmul peaks by dtype already measured on this device (``measure_peak``); the one the UNet's
+            dtype needs is measured here when missing.
     """
     from . import plots
     from ._checks import writable_dir
     from .benchmarking import benchmark
     from .diagnosis import diagnose
-    from .flops import flops_report
+    from .flops import flops_report, matmul_dtype
     from .monitor import ResourceMonitor
     from .prepare import prepare
     from .profiling import profile
@@ -88,7 +90,8 @@ def diagnose_run(model: str, case: Case, *, out: str | os.PathLike = "runs/diagn
     run = DiagnosisRun(model=model, case=case, out=str(out), benchmark=bench, profile=prof, artifacts=artifacts)
     if not diagnosis:
         return run
-    run.flops = flops_report(pipe, case, stage_seconds=bench.cases[0].stages.seconds())
+    run.flops = flops_report(pipe, case, stage_seconds=bench.cases[0].stages.seconds(),
+                             peak=(peaks or {}).get(matmul_dtype(pipe)))
     artifacts["flops"] = str(run.flops.save(out / "flops.json"))
     plots.plot_utilisation(run.flops, path=out / "utilisation.png")
     run.diagnosis = diagnose(bench, profile=prof, flops=run.flops, thresholds=thresholds)

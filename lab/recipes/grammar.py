@@ -59,10 +59,6 @@ class Plan:
     def case_overrides(self) -> dict[str, Any]:
         return {k: v for r in self.recipes for k, v in r.case_overrides}
 
-    @property
-    def names(self) -> list[str]:
-        return [r.name for r in self.recipes]
-
 
 def parse(text: str) -> Plan:
     """Parse ``"a+b+c"`` into a ``Plan``; unknown names and impossible combinations are refused."""

@@ -81,11 +81,9 @@ def _bnb(bits: int):
     return apply
 
 
-def quanto_names(components=COMPONENTS, activations: bool | None = None) -> list[str]:
-    """quanto recipe names for ``components`` (short names); only with (True) or without (False) activations."""
-    acts = {None: (None, *QUANTO_ACTIVATIONS), True: tuple(QUANTO_ACTIVATIONS), False: (None,)}[activations]
-    return [f"quanto-{short}-{w}w" + (f"-{a}a" if a else "") for short in components for w in QUANTO_WEIGHTS
-            for a in acts]
+def quanto_name(short: str, weights: str, activations: str | None = None) -> str:
+    """A quanto recipe's name: component short name, weight and (optional) activation precision."""
+    return f"quanto-{short}-{weights}w" + (f"-{activations}a" if activations else "")
 
 
 def recipes() -> list[Recipe]:
@@ -94,7 +92,7 @@ def recipes() -> list[Recipe]:
     for short, comp in COMPONENTS.items():
         for w in QUANTO_WEIGHTS:
             for a in (None, *QUANTO_ACTIVATIONS):
-                name = f"quanto-{short}-{w}w" + (f"-{a}a" if a else "")
+                name = quanto_name(short, w, a)
                 acts = f", {a} activations calibrated on the prompt set" if a else ""
                 out.append(Recipe(name, f"optimum-quanto: {comp} weights {w}{acts}, frozen", "quantization",
                                   "optimum-quanto", slots=(f"quant:{comp}",), apply_fn=_quanto(comp, w, a),
@@ -121,5 +119,6 @@ def recipes() -> list[Recipe]:
 INCOMPATIBLE: dict[frozenset[str], str] = {
     frozenset(("fused-qkv", name)): "quanto's quantized activations break the split of the fused QKV projection "
     "(the query keeps all three projections); use fused-qkv with weight-only quantization"
-    for name in quanto_names({"unet": "unet", "vae": "vae"}, activations=True)
+    for name in (quanto_name(short, w, a)
+                 for short in ("unet", "vae") for w in QUANTO_WEIGHTS for a in QUANTO_ACTIVATIONS)
 }
