@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 
 @contextlib.contextmanager
-def quiet_diffusers():
-    """Silence diffusers' generic warning when casting modules built from configs with ``to()``
-    (they have no fp32-only parts, which is what that warning is about)."""
+def quiet_diffusers(level: int = logging.ERROR):
+    """Log only diffusers messages at ``level`` or above: by default this silences its generic warning when
+    casting modules built from configs with ``to()`` (they have no fp32-only parts, which it is about)."""
     from diffusers.utils import logging as diffusers_logging
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(level)
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(level)
+        diffusers_logging.set_verbosity(before)
 
 
 @contextlib.contextmanager

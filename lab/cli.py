@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._checks import (MAX_SEED, MAX_SIZE, MAX_STEPS, LabError, bounded_int, check_guidance, check_seed, check_size,
-                      check_steps, choose, finite_number, output_dir, positive_int, writable_dir)
+                      check_steps, choose, finite_number, output_dir, positive_int)
 
 DEFAULT_MODEL = "tiny"
 
@@ -241,8 +241,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     comparison = Comparison.load(run_dir)
     if not any(r.status == "ok" for r in comparison.records):
         raise LabError(f"{str(run_dir / RESULTS)!r} holds no finished run to report on")
-    if args.out:
-        writable_dir(args.out)
     paths = report(comparison, args.out or run_dir, recipe=args.recipe,
                    thresholds=QualityThresholds(ssim_min=args.ssim_min, psnr_min=args.psnr_min))
     print(f"report: {paths['markdown']}\n        {paths['html']}")
@@ -264,9 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        f"{available[0][:2] if available else '01'!r})")
     if not paths:
         raise LabError("no numbered notebooks (NN_name.ipynb) in notebooks/: is this a full clone?")
-    out = writable_dir(args.out)
     env = {"LAB_MODEL": args.model, "LAB_DEVICE": args.device}
-    runs, _ = run_demo(out, paths, env=env, timeout=args.timeout)
+    runs, _ = run_demo(args.out, paths, env=env, timeout=args.timeout)
     return 1 if any(r.error for r in runs) else 0
 
 

@@ -133,8 +133,6 @@ class Comparison(Record):
         """
         import pandas as pd
 
-        from .stats import geomean
-
         base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
         rows = []
         for recipe in dict.fromkeys(r.recipe for r in self.records):
@@ -150,9 +148,9 @@ class Comparison(Record):
                 base_mem = [b.peak_mem_mb for b in base.values()]
                 outliers = [r for r in ok if r.latency.has_outlier]
                 row.update(
-                    latency_s=geomean([r.latency.median for r in ok]),
+                    latency_s=statistics.geometric_mean([r.latency.median for r in ok]),
                     latency_iqr_s=med(r.latency.iqr for r in ok),
-                    speedup=geomean(ratios) if ratios else None,
+                    speedup=statistics.geometric_mean(ratios) if ratios else None,
                     peak_mem_mb=max(mem),
                     peak_mem_delta_mb=max(mem) - max(base_mem) if base_mem else None,
                     weight_mb=sum(ok[0].weight_bytes.values()) / 2**20,
@@ -176,9 +174,7 @@ class Comparison(Record):
             frame["reason"] = frame["reason"].fillna("")
         if "outliers" in frame:
             frame["outliers"] = frame["outliers"].fillna(0).astype(int)
-        if not full:
-            frame = frame[[c for c in SUMMARY_COLUMNS if c in frame]]
-        return frame
+        return frame if full else narrow(frame)
 
     def outlier_runs(self) -> list[RunRecord]:
         """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
@@ -249,6 +245,16 @@ class Comparison(Record):
 
     def record(self, recipe: str, case: str, seed: int = 0) -> RunRecord:
         return next(r for r in self.records if r.key == (recipe, case, seed))
+
+
+def narrow(frame):
+    """The one-screen columns (``SUMMARY_COLUMNS``) of a ``Comparison.to_frame`` summary."""
+    return frame[[c for c in SUMMARY_COLUMNS if c in frame]]
+
+
+def successful(frame):
+    """The rows of a ``Comparison.to_frame`` summary whose recipe had at least one successful run."""
+    return frame[frame["ok"] > 0] if "ok" in frame else frame
 
 
 def _append(path: Path, record: RunRecord) -> None:

@@ -16,6 +16,7 @@ the figure is the working set of the tensors torch creates, not the process RSS.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from dataclasses import dataclass, field
@@ -99,17 +100,16 @@ class FallbackResult(Record):
     peak_mb: list[float] = field(default_factory=list)  # working set of each attempt (budgeted runs on CPU)
 
 
-def _call(pipe, case: Case, budget_mb: float | None, result: FallbackResult):
+def _call(pipe, case: Case, budget_mb: float | None, result: FallbackResult, cuda: bool):
     import torch
 
-    if budget_mb is None or str(pipe.device).startswith("cuda"):
-        return pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs())
-    mode = memory_budget(budget_mb)
+    mode = None if budget_mb is None or cuda else memory_budget(budget_mb)  # CUDA: the allocator's cap is set
     try:
-        with mode:
+        with contextlib.nullcontext() if mode is None else mode:
             return pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs())
     finally:
-        result.peak_mb.append(round(mode.peak / MB, 3))
+        if mode is not None:
+            result.peak_mb.append(round(mode.peak / MB, 3))
 
 
 def generate_with_fallback(pipe, case: Case, *, min_size: int = 256, memory_budget_mb: float | None = None):
@@ -137,7 +137,7 @@ def generate_with_fallback(pipe, case: Case, *, min_size: int = 256, memory_budg
     try:
         while True:
             try:
-                out = _call(pipe, current, memory_budget_mb, result)
+                out = _call(pipe, current, memory_budget_mb, result, cuda)
                 result.case = current
                 return out.images[0], result
             except Exception as err:

@@ -122,32 +122,31 @@ def load_lora(pipe, path: str | os.PathLike, *, scale: float = 1.0, adapter_name
     if any(adapter_name in (names or ()) for names in before.values()):
         raise LabError(f"an adapter named {adapter_name!r} is already loaded; pass another adapter_name or "
                        "call pipe.delete_adapters first")
-    from diffusers.utils import logging as diffusers_logging
+    from ._quiet import quiet_diffusers
 
     peft_log = logging.getLogger("peft")
-    level, diffusers_level = peft_log.level, diffusers_logging.get_verbosity()
+    level = peft_log.level
     peft_log.setLevel(logging.ERROR)
     # diffusers logs the whole state-dict mismatch (dozens of lines) before raising: our one-line error says it.
-    diffusers_logging.set_verbosity(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-        if _adapter_layers(pipe, adapter_name) == 0:
-            raise LabError(f"LoRA {str(path)!r} matched no layer of this pipeline: it is for another architecture")
-        pipe.set_adapters([adapter_name], adapter_weights=[scale])
-    except LabError:
-        _rollback(pipe, before)
-        raise
-    except Exception as err:  # any failure: the pipeline must come back exactly as it was
-        _rollback(pipe, before)
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        first = next((line for line in lines if "mismatch" in line or "Missing" in line), lines[0])[:300]
-        raise LabError(f"LoRA {str(path)!r} does not fit this {type(pipe.unet).__name__} (another architecture?): "
-                       f"{first}") from None
-    finally:
-        peft_log.setLevel(level)
-        diffusers_logging.set_verbosity(diffusers_level)
+    with quiet_diffusers(logging.CRITICAL):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+            if _adapter_layers(pipe, adapter_name) == 0:
+                raise LabError(f"LoRA {str(path)!r} matched no layer of this pipeline: it is for another architecture")
+            pipe.set_adapters([adapter_name], adapter_weights=[scale])
+        except LabError:
+            _rollback(pipe, before)
+            raise
+        except Exception as err:  # any failure: the pipeline must come back exactly as it was
+            _rollback(pipe, before)
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            first = next((line for line in lines if "mismatch" in line or "Missing" in line), lines[0])[:300]
+            raise LabError(f"LoRA {str(path)!r} does not fit this {type(pipe.unet).__name__} (another "
+                           f"architecture?): {first}") from None
+        finally:
+            peft_log.setLevel(level)
     return pipe
 
 

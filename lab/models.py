@@ -285,18 +285,16 @@ def check_model(model: object) -> str:
 
 
 def _from_pretrained(model: str, dtype):
+    """A local diffusers folder or a hub id, already vetted by ``check_model``."""
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
     if path.is_dir():
-        check_model(model)
         try:
             return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise ModelUnavailableError(f"cannot load the diffusers folder {str(path)!r}: {first}") from None
-    if _looks_like_path(model):
-        raise _unavailable(model, f"no such folder {str(path)!r}")
     try:  # already in the local hub cache: no network needed
         return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError):

@@ -139,7 +139,7 @@ def plot_ops(profile_result, *, stage: str | None = None, top: int = 12, path: s
     frame = profile_result.ops(by="self", stage=stage, top=top)
     col = "self_device_ms" if "self_device_ms" in frame else "self_cpu_ms"
     fig, ax = _figure(figsize=(7, 0.3 * len(frame) + 1.2))
-    names = [n if len(n) <= 38 else n[:36] + "…" for n in map(str, frame.index[::-1])]
+    names = [_label(n) for n in frame.index[::-1]]
     ax.barh(range(len(frame)), frame[col][::-1])
     ax.set_yticks(range(len(frame)), names, fontsize=8)
     ax.set_xlabel(f"{col.replace('_ms', '').replace('_', ' ')} time (ms)")
@@ -211,9 +211,16 @@ def _short(name: str, kind: str) -> str:
     return short_kernel_name(name, width=32) if kind == "kernel" else name.removeprefix("aten::").lstrip("_")
 
 
+def _label(name, width: int = 38) -> str:
+    """A name (recipe, op) short enough for an axis label."""
+    name = str(name)
+    return name if len(name) <= width else name[: width - 2] + "…"
+
+
 def _ok_frame(comparison):
-    frame = comparison.to_frame()
-    return frame[frame["ok"] > 0] if "ok" in frame else frame
+    from .experiments import successful
+
+    return successful(comparison.to_frame())
 
 
 def plot_latency(comparison, *, path: str | os.PathLike | None = None):
@@ -295,7 +302,7 @@ def plot_trace_diff(diff, *, top: int = 12, path: str | os.PathLike | None = Non
     """Ops whose self time changed most between two profiles: green faster, red slower (ms)."""
     frame = diff.ops.head(top)[::-1]
     fig, ax = _figure(figsize=(7, 0.34 * len(frame) + 1.6))
-    names = [n if len(n) <= 38 else n[:36] + "…" for n in map(str, frame.index)]
+    names = [_label(n) for n in frame.index]
     ax.barh(range(len(frame)), frame["delta_ms"],
             color=["tab:green" if d < 0 else "tab:red" for d in frame["delta_ms"]])
     ax.set_yticks(range(len(frame)), names, fontsize=8)

@@ -98,6 +98,7 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
         recipe: the recipe to report as "after"; default: the fastest one that passes the quality gate.
     """
     from . import plots
+    from .experiments import narrow as narrow_columns
 
     if not any(r.recipe == comparison.baseline and r.status == "ok" for r in comparison.records):
         raise LabError(f"the comparison in {comparison.out!r} has no successful baseline run: nothing to report")
@@ -133,7 +134,7 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
     notes = outlier_notes(comparison)
     if notes:
         md += ["## Outliers", ""] + [f"- {n}" for n in notes] + [""]
-    narrow = comparison.to_frame(full=False)
+    narrow = narrow_columns(frame)
     md += ["## All recipes", "", "Speed-up is baseline ÷ recipe latency over matched runs (geometric mean); "
            "every column is in *All recipes, every column* below.", "", narrow.round(3).to_markdown(), ""]
     for title, data in images.items():

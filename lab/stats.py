@@ -68,15 +68,6 @@ class Latency(Record):
         return self.std / self.mean if self.mean else 0.0
 
 
-def geomean(values: Sequence[float]) -> float:
-    """Geometric mean: the average of ratios and of latencies across cases of different sizes."""
-    import math
-
-    values = list(values)
-    if not values or any(v <= 0 for v in values):
-        raise ValueError(f"geomean needs positive values, got {values}")
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
 
 def pareto_indices(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[int]:
     """Indices of the points no other point dominates; ``senses`` says per axis "min" or "max"."""

@@ -14,10 +14,6 @@ def _pct(speedup: float) -> str:
     return f"{(speedup - 1) * 100:+.0f} %"
 
 
-def _ok(frame):
-    return frame[frame["ok"] > 0] if "ok" in frame else frame
-
-
 def diagnose(bench, diagnosis=None) -> str:
     """Where this run's time went (stage shares of the first case) and the first findings with their fixes."""
     case = next((c for c in bench.cases if c.stages), None)
@@ -43,9 +39,11 @@ def diagnose(bench, diagnosis=None) -> str:
 
 def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> str:
     """Fastest recipe, best per family, what costs time, what saves memory, what moved the pictures."""
+    from .experiments import successful
+
     frame = comparison.to_frame()
     base = comparison.baseline
-    ok = _ok(frame).drop(index=base, errors="ignore").dropna(subset=["speedup"])
+    ok = successful(frame).drop(index=base, errors="ignore").dropna(subset=["speedup"])
     if ok.empty:
         return f"- No recipe besides `{base}` ran here."
     best = ok["speedup"].idxmax()
@@ -85,6 +83,8 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
 
 def interactions(comparison) -> str:
     """For each combination: did its parts' gains multiply, overlap or help each other, by how much."""
+    from .experiments import successful
+
     table = comparison.interactions()
     if table.empty:
         return "- No combination ran alongside all of its parts."
@@ -95,9 +95,9 @@ def interactions(comparison) -> str:
                    "overlapped (less than the product)" if ratio < 1 else "did better than the product")
         lines.append(f"- `{combo}`: measured {row['measured_speedup']:.2f}× against {row['expected_speedup']:.2f}× "
                      f"expected from its parts (gain ratio {ratio:.2f}): the parts {verdict}.")
-    fastest = _ok(comparison.to_frame())["speedup"].idxmax()
-    lines.append(f"- Fastest of everything measured here: `{fastest}` "
-                 f"({comparison.to_frame().loc[fastest, 'speedup']:.2f}×).")
+    speedups = successful(comparison.to_frame())["speedup"]
+    fastest = speedups.idxmax()
+    lines.append(f"- Fastest of everything measured here: `{fastest}` ({speedups[fastest]:.2f}×).")
     return "\n".join(lines)
 
 

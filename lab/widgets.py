@@ -89,8 +89,7 @@ class Workbench:
         self.progress.value, self.status.value = 0, ""
 
     def _on_click(self, _button) -> None:
-        self.clear()
-        try:
+        try:  # run() starts by clearing the previous run
             self.run()
         except Exception as err:  # shown in the panel: a click never raises into the event loop
             for out in (self.table_out, self.images_out, self.plot_out):

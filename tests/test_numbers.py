@@ -10,7 +10,7 @@ from lab import plots
 from lab.benchmarking import StageSummary
 from lab.experiments import Comparison, RunRecord
 from lab.reporting import before_after, outlier_notes
-from lab.stats import Latency, geomean
+from lab.stats import Latency
 
 # the case: fp32 0.677 s, a recipe that is faster on one case and slower on the other, and one
 # 105 s repeat that the medians must resist and the table must flag
@@ -91,15 +91,12 @@ def test_report_flags_outliers_and_keeps_the_recipe_table_narrow(cmp, tmp_path):
     assert "<details><summary>every column</summary>" in page and "<h2>Outliers</h2>" in page
 
 
-def test_outlier_limit_and_geomean():
+def test_outlier_limit():
     assert not Latency.from_values([1.0, 1.1]).has_outlier  # two values: no way to tell which one is off
     assert Latency.from_values([1.0, 1.05, 2.5]).has_outlier
     assert not Latency.from_values([1.0, 1.05, 1.9]).has_outlier
     many = Latency.from_values([1.0, 1.01, 1.02, 1.0, 0.99, 1.0, 1.01, 1.5])
     assert many.has_outlier and many.outlier_limit < 1.5
-    assert geomean([2.0, 8.0]) == pytest.approx(4.0)
-    with pytest.raises(ValueError):
-        geomean([])
 
 
 LONG = ["fp32", "bf16+channels-last+fused-qkv+dpmpp-2m-karras+steps-4", "quanto-unet-int8w-int8a+vae-tiling",
