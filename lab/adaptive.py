@@ -48,7 +48,7 @@ class AdaptivePolicy(Record):
         if weight_bytes >= available_bytes:
             raise LabError(f"impossible memory budget: the weights alone need {weight_bytes / 2**30:.2f} GiB and "
                            f"only {available_bytes / 2**30:.2f} GiB is available; quantize the weights "
-                           "(quanto-unet-int8w) or offload them (model-cpu-offload)")
+                           "(quanto-denoiser-int8w) or offload them (model-cpu-offload)")
         c = prompt_complexity(case.prompt)
         steps = round(self.min_steps + c * (self.max_steps - self.min_steps))
         guidance = round(self.min_guidance + c * (self.max_guidance - self.min_guidance), 2)

@@ -15,6 +15,7 @@ import psutil
 
 from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
+from .denoiser import denoiser
 from .env import Environment, dtype_name
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
@@ -24,7 +25,7 @@ from .timing import StageTimer, StageTimes
 
 MB = 1024 * 1024
 # the columns a notebook shows by default: one screen wide; to_frame() holds them all
-SUMMARY_COLUMNS = ("steps", "median_s", "iqr_s", "unet_step_ms", "peak_rss_mb", "peak_cuda_alloc_mb", "images_per_s",
+SUMMARY_COLUMNS = ("steps", "median_s", "iqr_s", "denoiser_step_ms", "peak_rss_mb", "peak_cuda_alloc_mb", "images_per_s",
                    "error")
 
 
@@ -33,21 +34,23 @@ class StageSummary(Record):
     """Median seconds per stage over the steady-state repeats."""
 
     text_encoder: float
-    unet: float
-    unet_per_step: float
+    denoiser: float  # the UNet or the transformer (lab.denoiser), all steps
+    denoiser_per_step: float
     vae_decode: float
     other: float
     steps: list[float]  # median per denoising step index
 
+    renamed = {"unet": "denoiser", "unet_per_step": "denoiser_per_step"}
+
     @classmethod
     def from_runs(cls, runs: Sequence[StageTimes]) -> "StageSummary":
         med = statistics.median
-        n_steps = min(len(r.unet_steps) for r in runs)
-        steps = [med(r.unet_steps[i] for r in runs) for i in range(n_steps)]
+        n_steps = min(len(r.denoiser_steps) for r in runs)
+        steps = [med(r.denoiser_steps[i] for r in runs) for i in range(n_steps)]
         return cls(
             text_encoder=med(r.text_encoder for r in runs),
-            unet=med(r.unet for r in runs),
-            unet_per_step=med(s for r in runs for s in r.unet_steps) if n_steps else 0.0,
+            denoiser=med(r.denoiser for r in runs),
+            denoiser_per_step=med(s for r in runs for s in r.denoiser_steps) if n_steps else 0.0,
             vae_decode=med(r.vae_decode for r in runs),
             other=med(r.other for r in runs),
             steps=steps,
@@ -55,11 +58,11 @@ class StageSummary(Record):
 
     def seconds(self) -> dict[str, float]:
         """Median seconds of the compute stages, as ``flops_report(stage_seconds=...)`` takes them."""
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decode": self.vae_decode}
+        return {"text_encoder": self.text_encoder, "denoiser": self.denoiser, "vae_decode": self.vae_decode}
 
     def shares(self) -> dict[str, float]:
-        total = self.text_encoder + self.unet + self.vae_decode + self.other
-        parts = {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decode": self.vae_decode}
+        total = self.text_encoder + self.denoiser + self.vae_decode + self.other
+        parts = {"text_encoder": self.text_encoder, "denoiser": self.denoiser, "vae_decode": self.vae_decode}
         parts["other"] = self.other
         return {k: v / total for k, v in parts.items()} if total > 0 else parts
 
@@ -95,8 +98,8 @@ class CaseResult(Record):
             "first_call_s": self.first_call_s,
             "images_per_s": self.images_per_s,
             "text_encoder_s": st.text_encoder if st else None,
-            "unet_s": st.unet if st else None,
-            "unet_step_ms": st.unet_per_step * 1e3 if st else None,
+            "denoiser_s": st.denoiser if st else None,
+            "denoiser_step_ms": st.denoiser_per_step * 1e3 if st else None,
             "vae_decode_s": st.vae_decode if st else None,
             "other_s": st.other if st else None,
             "peak_rss_mb": self.peak_rss_mb,
@@ -253,7 +256,7 @@ def benchmark(
     return BenchmarkResult(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         pipeline=type(pipe).__name__,
-        dtype=dtype_name(pipe.unet.dtype),
+        dtype=dtype_name(denoiser(pipe).dtype),
         device=device,
         scheduler=type(pipe.scheduler).__name__,
         warmup=warmup,

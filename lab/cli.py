@@ -164,7 +164,7 @@ def _write_profile_artifacts(args: argparse.Namespace, case, out: Path, with_dia
     print(prof.ops(top=15).to_markdown())
     if prof.has_kernels:
         print("\n" + prof.kernels(top=15).to_markdown())
-    print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.unet_steps} denoising steps): {run.artifacts['trace']}  "
+    print(f"\ntrace ({prof.trace_bytes / 1e6:.1f} MB, {prof.denoiser_steps} denoising steps): {run.artifacts['trace']}  "
           "-> open in ui.perfetto.dev")
     print(f"tensorboard --logdir {prof.tensorboard_dir}")
     if prof.memory_snapshot_bytes is not None:

@@ -13,39 +13,40 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import LabError
+from .denoiser import ModelKind, is_step_stage
 from .memory import model_peak_mb
 from .results import Record
 
 # The recipe names each rule suggests: the one place they are written down (the recipe catalog
 # implements these names).
 SUGGESTIONS: dict[str, list[str]] = {
-    "time-over-budget": ["bf16", "fp16", "compile-unet", "dpmpp-2m-karras", "lcm"],
+    "time-over-budget": ["bf16", "fp16", "compile-denoiser", "dpmpp-2m-karras", "lcm"],
     # not attention-slicing: with SDPA (the default) it saves nothing and costs time (docs/benchmarks.md)
     "memory-over-weights": ["vae-slicing", "vae-tiling", "model-cpu-offload"],
-    "cpu-bound-host": ["cache-prompt-embeds", "compile-unet"],
+    "cpu-bound-host": ["cache-prompt-embeds", "compile-denoiser"],
     "pre-post-overhead": ["cache-prompt-embeds", "compile-vae"],
-    "quality-drop": ["fp32", "quanto-unet-int8w"],
-    "unet-dominates": ["bf16", "compile-unet", "dpmpp-2m-karras"],
+    "quality-drop": ["fp32", "quanto-denoiser-int8w"],
+    "denoiser-dominates": ["bf16", "compile-denoiser", "dpmpp-2m-karras"],
     "attention-bound": ["sdpa", "xformers", "fused-qkv"],
-    "convolution-bound": ["channels-last", "bf16", "compile-unet"],
-    "linear-bound": ["fused-qkv", "bf16", "quanto-unet-int8w"],
+    "convolution-bound": ["channels-last", "bf16", "compile-denoiser"],
+    "linear-bound": ["fused-qkv", "bf16", "quanto-denoiser-int8w"],
     "vae-decode-heavy": ["vae-tiling", "compile-vae", "bf16"],
     "first-call-gap": [],  # no recipe: warm up before serving, as the finding says
-    "low-utilisation": ["compile-unet", "channels-last", "bf16"],
+    "low-utilisation": ["compile-denoiser", "channels-last", "bf16"],
     "text-encoder-recomputed": ["cache-prompt-embeds"],
-    "host-device-sync": ["compile-unet"],
-    "launch-bound": ["compile-unet-reduce-overhead", "cache-prompt-embeds"],
+    "host-device-sync": ["compile-denoiser"],
+    "launch-bound": ["compile-denoiser-reduce-overhead", "cache-prompt-embeds"],
     "peak-unreliable": [],
 }
 # On a GPU the same findings call for other recipes: CUDA graphs (compile mode reduce-overhead) remove the
 # per-kernel launch cost that dominates an eager fp16 UNet step (H100: 41 -> 9.2 ms per sd15 step).
 SUGGESTIONS_CUDA: dict[str, list[str]] = {
-    "time-over-budget": ["fp16", "compile-unet-reduce-overhead", "dpmpp-2m-karras", "lcm"],
-    "cpu-bound-host": ["compile-unet-reduce-overhead", "cache-prompt-embeds"],
-    "unet-dominates": ["fp16", "compile-unet-reduce-overhead", "dpmpp-2m-karras"],
-    "convolution-bound": ["channels-last", "fp16", "compile-unet-reduce-overhead"],
-    "low-utilisation": ["compile-unet-reduce-overhead", "channels-last", "fp16"],
-    "host-device-sync": ["compile-unet-reduce-overhead"],
+    "time-over-budget": ["fp16", "compile-denoiser-reduce-overhead", "dpmpp-2m-karras", "lcm"],
+    "cpu-bound-host": ["compile-denoiser-reduce-overhead", "cache-prompt-embeds"],
+    "denoiser-dominates": ["fp16", "compile-denoiser-reduce-overhead", "dpmpp-2m-karras"],
+    "convolution-bound": ["channels-last", "fp16", "compile-denoiser-reduce-overhead"],
+    "low-utilisation": ["compile-denoiser-reduce-overhead", "channels-last", "fp16"],
+    "host-device-sync": ["compile-denoiser-reduce-overhead"],
 }
 
 SEVERITIES = ("high", "medium", "low", "info")
@@ -65,14 +66,16 @@ class Thresholds(Record):
     host_cpu_percent: float = 50.0  # CPU % while a GPU computes (seed 002: > 50 %)
     other_share: float = 0.15  # un-attributed (pre/post-processing) share of the call
     ssim_min: float = 0.8  # seed 002: SSIM < 0.8
-    unet_share: float = 0.7
-    op_family_share: float = 0.4  # share of UNet self time for an op family to "dominate"
+    denoiser_share: float = 0.7
+    op_family_share: float = 0.4  # share of the denoiser's self time for an op family to "dominate"
     vae_share: float = 0.2
     first_call_ratio: float = 1.5
     utilisation_min_pct: float = 20.0
     text_encoder_share: float = 0.01
     syncs_per_step: float = 1.0
     device_busy_min: float = 0.6  # share of a denoising step's wall time the GPU spends in kernels
+
+    renamed = {"unet_share": "denoiser_share"}
 
 
 @dataclass
@@ -172,13 +175,13 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
     name, share = max(((n, s["other"]) for n, s in shares.items()), key=lambda x: x[1])
     if share > th.other_share:
         out.append(_finding("pre-post-overhead", "medium",
-                            f"{share:.0%} of {name}'s time is outside the text encoder, UNet and VAE "
+                            f"{share:.0%} of {name}'s time is outside the text encoder, denoiser and VAE "
                             "(pre/post-processing, scheduler setup)", other_share=share))
 
-    name, share = max(((n, s["unet"]) for n, s in shares.items()), key=lambda x: x[1])
-    if share > th.unet_share:
-        out.append(_finding("unet-dominates", "info", f"the UNet takes {share:.0%} of the time ({name}): "
-                            "optimise the denoising loop first", cuda=on_cuda, unet_share=share))
+    name, share = max(((n, s["denoiser"]) for n, s in shares.items()), key=lambda x: x[1])
+    if share > th.denoiser_share:
+        out.append(_finding("denoiser-dominates", "info", f"the denoiser takes {share:.0%} of the time ({name}): "
+                            "optimise the denoising loop first", cuda=on_cuda, denoiser_share=share))
 
     name, share = max(((n, s["vae_decode"]) for n, s in shares.items()), key=lambda x: x[1])
     if share > th.vae_share:
@@ -217,13 +220,13 @@ def _op_family(name: str) -> str:
 
 def _profile_rules(prof, th: Thresholds, bench, out: list[Finding], skipped: dict[str, str]) -> None:
     on_cuda = prof.device.startswith("cuda")
-    unet = [r for r in prof.op_records if r.stage.startswith("unet_step_") and r.kind == "op"]
+    steps_ops = [r for r in prof.op_records if is_step_stage(r.stage) and r.kind == "op"]
     on_device = prof.on_device
     key = "self_device_us" if on_device else "self_cpu_us"
-    total = sum(getattr(r, key) for r in unet)
+    total = sum(getattr(r, key) for r in steps_ops)
     if total > 0:
         families: dict[str, float] = {}
-        for r in unet:
+        for r in steps_ops:
             fam = _op_family(r.name)
             families[fam] = families.get(fam, 0.0) + getattr(r, key)
         family, t = max(((f, v) for f, v in families.items() if f != "other"), key=lambda x: x[1],
@@ -231,28 +234,28 @@ def _profile_rules(prof, th: Thresholds, bench, out: list[Finding], skipped: dic
         share = t / total
         if share > th.op_family_share:
             out.append(_finding(f"{family}-bound", "medium",
-                                f"{family} ops take {share:.0%} of the UNet's {'device' if on_device else 'CPU'} "
+                                f"{family} ops take {share:.0%} of the denoiser's {'device' if on_device else 'CPU'} "
                                 "time", cuda=on_cuda, **{f"{f}_share": v / total for f, v in sorted(families.items())}))
     else:
-        skipped["op-family"] = "the profile recorded no UNet ops"
+        skipped["op-family"] = "the profile recorded no denoiser ops"
 
     if not on_cuda:
         skipped["host-device-sync, launch-bound"] = "not a CUDA profile"
         return
-    steps = max(prof.unet_steps, 1)
-    syncs = sum(n for stage, n in prof.syncs().items() if stage.startswith("unet_step_"))
+    steps = max(prof.denoiser_steps, 1)
+    syncs = sum(n for stage, n in prof.syncs().items() if is_step_stage(stage))
     if syncs / steps >= th.syncs_per_step:
         out.append(_finding("host-device-sync", "medium",
                             f"{syncs / steps:.1f} host-device synchronisations per denoising step (made by the "
                             "pipeline, not by lab's timer) stall the GPU queue", cuda=True,
                             syncs_per_step=syncs / steps))
-    busy = {stage: share for stage, share in prof.device_busy().items() if stage.startswith("unet_step_")}
+    busy = {stage: share for stage, share in prof.device_busy().items() if is_step_stage(stage)}
     if not busy or not prof.has_kernels:
         skipped["launch-bound"] = "the profile holds no GPU kernels"
         return
     share = sorted(busy.values())[len(busy) // 2]
     if share < th.device_busy_min:
-        wall_ms = sum(s.duration_us for s in prof.spans if s.stage.startswith("unet_step_")) / 1e3 / len(busy)
+        wall_ms = sum(s.duration_us for s in prof.spans if is_step_stage(s.stage)) / 1e3 / len(busy)
         evidence = {"gpu_busy_share": share, "kernel_ms_per_step": share * wall_ms, "wall_ms_per_step": wall_ms}
         cpu = [c.cpu_percent for c in bench.cases if c.cpu_percent is not None] if bench is not None else []
         host = f", with the host CPU at {max(cpu):.0f} %" if cpu else ""
@@ -262,16 +265,17 @@ def _profile_rules(prof, th: Thresholds, bench, out: list[Finding], skipped: dic
                             f"the GPU runs kernels only {share:.0%} of each denoising step "
                             f"({share * wall_ms:.1f} of {wall_ms:.1f} ms){host}: the host cannot launch the "
                             "kernels fast enough, so faster kernels (fp16, fused ops) change little; CUDA graphs "
-                            "(compile-unet-reduce-overhead) replay a whole step in one launch", cuda=True, **evidence))
+                            "(compile-denoiser-reduce-overhead) replay a whole step in one launch", cuda=True, **evidence))
 
 
 def diagnose(benchmark=None, *, profile=None, flops=None, ssim: float | None = None,
-             thresholds: Thresholds | None = None) -> Diagnosis:
+             thresholds: Thresholds | None = None, kind: ModelKind | None = None) -> Diagnosis:
     """Apply every rule the given measurements allow; returns a ``Diagnosis``.
 
     Args:
         benchmark: a ``BenchmarkResult``; profile: a ``ProfileResult``; flops: a ``FlopsReport``.
         ssim: SSIM of an optimized image against its reference, when there is one.
+        kind: the model's ``lab.denoiser.ModelKind``; suggestions that cannot apply to it are dropped.
     """
     if benchmark is None and profile is None and flops is None and ssim is None:
         raise LabError("diagnose needs at least one of benchmark, profile, flops or ssim")
@@ -287,22 +291,27 @@ def diagnose(benchmark=None, *, profile=None, flops=None, ssim: float | None = N
     else:
         skipped["op-family, host-device-sync, launch-bound"] = "no profile given"
     if flops is not None:
-        unet = flops.stage("unet")
+        step = flops.stage("denoiser")
         cuda = flops.peak.device.startswith("cuda")
-        if unet.utilisation_pct is None:
+        if step.utilisation_pct is None:
             findings.append(_finding("peak-unreliable", "info",
-                                     f"the UNet achieved more than the measured {flops.peak.dtype} matmul peak, "
+                                     f"the denoiser achieved more than the measured {flops.peak.dtype} matmul peak, "
                                      "so the peak under-reads and no utilisation is reported: measure it again on "
-                                     "a quiet machine", achieved_gflops_per_s=unet.achieved_flops_per_s / 1e9,
+                                     "a quiet machine", achieved_gflops_per_s=step.achieved_flops_per_s / 1e9,
                                      peak_gflops_per_s=flops.peak.flops_per_s / 1e9))
-        elif unet.utilisation_pct < th.utilisation_min_pct:
+        elif step.utilisation_pct < th.utilisation_min_pct:
             findings.append(_finding("low-utilisation", "medium",
-                                     f"the UNet reaches {unet.utilisation_pct:.1f}% of the measured "
+                                     f"the denoiser reaches {step.utilisation_pct:.1f}% of the measured "
                                      f"{flops.peak.dtype} matmul peak", cuda=cuda,
-                                     utilisation_pct=unet.utilisation_pct,
-                                     achieved_gflops_per_s=unet.achieved_flops_per_s / 1e9,
+                                     utilisation_pct=step.utilisation_pct,
+                                     achieved_gflops_per_s=step.achieved_flops_per_s / 1e9,
                                      peak_gflops_per_s=flops.peak.flops_per_s / 1e9))
     else:
         skipped["low-utilisation"] = "no FLOPs report given"
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    if kind is not None:
+        from .recipes import parse
+
+        for f in findings:
+            f.suggest = [name for name in f.suggest if not parse(name).fits(kind)]
     return Diagnosis(findings=findings, skipped=skipped, thresholds=th)

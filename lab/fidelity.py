@@ -4,7 +4,7 @@ Image SSIM against the fp32 image says nothing about a recipe on a random-weight
 ``tiny-random``): their trajectories are chaotic, so fp16 and fp32 images of sd15-arch scored SSIM 0.035
 on an H100 whatever the recipe. One step is not chaotic: with the same initial latents, prompt and
 scheduler, the first step's update (latents after step 0 minus the scaled initial latents, which is the
-scheduler's linear map of the UNet's guided noise prediction) compares a recipe's arithmetic with the
+scheduler's linear map of the denoiser's guided prediction) compares a recipe's arithmetic with the
 baseline's. Cosine similarity near 1 and a small relative error mean the recipe computes the same thing.
 """
 
@@ -23,14 +23,12 @@ def first_step_update(pipe, case: Case):
     """The first denoising step's update of ``case`` (fp32, on CPU) from seeded initial latents."""
     import torch
 
+    from .denoiser import denoiser, initial_latents
     from .models import default_size
 
     generator = torch.Generator("cpu").manual_seed(case.seed)
-    unet = pipe.unet
     size = case.height or default_size(pipe)
-    width = case.width or size
-    shape = (1, unet.config.in_channels, size // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    initial = torch.randn(shape, generator=generator, dtype=torch.float32)
+    initial = initial_latents(pipe, size, case.width or size, generator)
     captured = {}
 
     def after_first_step(pipe_, step, timestep, callback_kwargs):
@@ -38,7 +36,7 @@ def first_step_update(pipe, case: Case):
         pipe_._interrupt = True  # diffusers skips the remaining steps; the call returns the latents
         return callback_kwargs
 
-    dtype = next(unet.parameters()).dtype
+    dtype = next(denoiser(pipe).parameters()).dtype
     with torch.no_grad():
         pipe(latents=initial.to(pipe.device, dtype), generator=generator, output_type="latent",
              callback_on_step_end=after_first_step, **case.pipeline_kwargs())

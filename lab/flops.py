@@ -6,8 +6,9 @@ Two counts, cross-checked:
   has no formula for the CPU fused attention op ``_scaled_dot_product_flash_attention_for_cpu``
   (counts 0), so lab registers the standard SDPA formula for it. This is the count lab trusts:
   it sees every op the pipeline really runs.
-- An analytic count from module shapes (Conv2d, Linear and diffusers ``Attention`` hooks): an
-  independent check that the first count neither misses nor double-counts attention.
+- An analytic count from module shapes (Conv2d and Linear hooks, attention from the query and key shapes
+  of each ``scaled_dot_product_attention`` call): an independent check that the first count neither
+  misses nor double-counts attention. Both run on the meta device, for any denoiser (UNet, Flux, SD3).
 
 Both count a multiply-add as 2 FLOPs and ignore element-wise ops (norms, activations).
 """
@@ -23,6 +24,7 @@ from typing import Any
 from ._checks import LabError, choose
 from .cases import Case
 from .env import synchronize
+from .denoiser import canonical_stage, is_step_stage
 from .results import Record
 
 
@@ -41,47 +43,76 @@ def flop_counter(display: bool = False):
     return FlopCounterMode(display=display, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_formula})
 
 
-# -- one UNet step, counted without running it ----------------------------------------------------
-def _unet_inputs(config, batch: int, height: int, width: int, vae_scale: int, device: str):
+# -- one denoiser step, counted without running it -------------------------------------------------
+FLUX_TEXT_TOKENS = 512  # FluxPipeline's default max_sequence_length (T5 tokens)
+SD3_TEXT_TOKENS = 77 + 256  # CLIP tokens + StableDiffusion3Pipeline's default max_sequence_length
+
+
+def _step_inputs(module, batch: int, height: int, width: int, vae_scale: int, device: str,
+                 text_tokens: int | None = None):
+    """Positional and keyword inputs of one denoiser forward, by denoiser class (UNet, Flux, SD3)."""
     import torch
 
+    config, kind = module.config, type(module).__name__
+    zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
     h, w = height // vae_scale, width // vae_scale
-    sample = torch.zeros(batch, config.in_channels, h, w, device=device)
-    context = torch.zeros(batch, 77, config.cross_attention_dim, device=device)
+    if kind == "FluxTransformer2DModel":
+        tokens, seq = text_tokens or FLUX_TEXT_TOKENS, (h // 2) * (w // 2)
+        kwargs = {"encoder_hidden_states": zeros(batch, tokens, config.joint_attention_dim),
+                  "pooled_projections": zeros(batch, config.pooled_projection_dim), "timestep": zeros(batch),
+                  "img_ids": zeros(seq, 3), "txt_ids": zeros(tokens, 3), "return_dict": False}
+        if config.guidance_embeds:
+            kwargs["guidance"] = zeros(batch)
+        return (zeros(batch, seq, config.in_channels),), kwargs
+    if kind == "SD3Transformer2DModel":
+        tokens = text_tokens or SD3_TEXT_TOKENS
+        return (zeros(batch, config.in_channels, h, w),), {
+            "encoder_hidden_states": zeros(batch, tokens, config.joint_attention_dim),
+            "pooled_projections": zeros(batch, config.pooled_projection_dim), "timestep": zeros(batch),
+            "return_dict": False}
+    context = zeros(batch, text_tokens or 77, config.cross_attention_dim)
     kwargs: dict[str, Any] = {"encoder_hidden_states": context}
     if config.addition_embed_type == "text_time":
         text_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(batch, text_dim, device=device),
-            "time_ids": torch.zeros(batch, 6, device=device),
-        }
-    return sample, torch.tensor(10, device=device), kwargs
+        kwargs["added_cond_kwargs"] = {"text_embeds": zeros(batch, text_dim), "time_ids": zeros(batch, 6)}
+    return (zeros(batch, config.in_channels, h, w), torch.tensor(10, device=device)), kwargs
 
 
-def _empty_unet(pipe):
+def _empty_denoiser(pipe):
     from accelerate import init_empty_weights
 
-    unet = pipe.unet
+    from .denoiser import denoiser
+
+    module = denoiser(pipe)
     with init_empty_weights():
-        return type(unet).from_config(unet.config)
+        return type(module).from_config(module.config)
 
 
-def unet_step_flops(pipe, height: int, width: int, batch: int = 2) -> dict[str, int]:
-    """FLOPs of one UNet forward (``batch`` 2 = one CFG step), by op, counted on the meta device."""
+def step_batch(pipe, guidance: float) -> int:
+    """Images per denoiser forward of one prompt: 2 under classifier-free guidance, 1 for guidance-distilled Flux."""
+    if type(pipe).__name__.startswith("Flux"):
+        return 1  # FLUX.1's guidance is an embedding input, not a second (unconditional) batch
+    return 2 if guidance > 1 else 1
+
+
+def step_flops(pipe, height: int, width: int, batch: int = 2, text_tokens: int | None = None) -> dict[str, int]:
+    """FLOPs of one denoiser forward (``batch`` 2 = one CFG step), by op, counted on the meta device."""
     import torch
 
-    unet = _empty_unet(pipe)
-    sample, t, kwargs = _unet_inputs(unet.config, batch, height, width, pipe.vae_scale_factor, "meta")
+    module = _empty_denoiser(pipe)
+    args, kwargs = _step_inputs(module, batch, height, width, pipe.vae_scale_factor, "meta", text_tokens)
     with flop_counter() as counter, torch.no_grad():
-        unet(sample, t, **kwargs)
+        module(*args, **kwargs)
     by_op = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
     return {**by_op, "total": int(counter.get_total_flops())}
 
 
-def analytic_unet_step_flops(pipe, height: int, width: int, batch: int = 2) -> dict[str, int]:
-    """The same count from layer shapes: convolutions, linear layers and attention matmuls."""
+def analytic_step_flops(pipe, height: int, width: int, batch: int = 2,
+                        text_tokens: int | None = None) -> dict[str, int]:
+    """The same count from layer shapes: convolutions and linear layers (hooks) and attention matmuls (from
+    the query/key shapes each ``scaled_dot_product_attention`` call receives), not from ATen's formulas."""
     import torch
-    from diffusers.models.attention_processor import Attention
+    import torch.nn.functional as F
 
     counts = {"conv": 0, "linear": 0, "attention": 0}
 
@@ -92,27 +123,27 @@ def analytic_unet_step_flops(pipe, height: int, width: int, batch: int = 2) -> d
     def linear_hook(mod, args, out):
         counts["linear"] += 2 * out.numel() * mod.in_features
 
-    def attention_hook(mod, args, kwargs, out):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        context = kwargs.get("encoder_hidden_states")
-        tokens_q = hidden.shape[-2] if hidden.ndim == 3 else hidden.shape[-1] * hidden.shape[-2]
-        tokens_k = context.shape[1] if context is not None else tokens_q
-        counts["attention"] += 4 * hidden.shape[0] * tokens_q * tokens_k * mod.inner_dim
+    sdpa = F.scaled_dot_product_attention
 
-    unet = _empty_unet(pipe)
+    def counting_sdpa(query, key, value, *args, **kwargs):
+        # QK^T and AV: 2 matmuls of batch*heads*Lq*Lk*head_dim multiply-adds each
+        counts["attention"] += 4 * query.shape[:-2].numel() * query.shape[-2] * key.shape[-2] * query.shape[-1]
+        return sdpa(query, key, value, *args, **kwargs)
+
+    module = _empty_denoiser(pipe)
     handles = []
-    for module in unet.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, torch.nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, Attention):
-            handles.append(module.register_forward_hook(attention_hook, with_kwargs=True))
-    sample, t, kwargs = _unet_inputs(unet.config, batch, height, width, pipe.vae_scale_factor, "meta")
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Conv2d):
+            handles.append(sub.register_forward_hook(conv_hook))
+        elif isinstance(sub, torch.nn.Linear):
+            handles.append(sub.register_forward_hook(linear_hook))
+    args, kwargs = _step_inputs(module, batch, height, width, pipe.vae_scale_factor, "meta", text_tokens)
+    F.scaled_dot_product_attention = counting_sdpa
     try:
         with torch.no_grad():
-            unet(sample, t, **kwargs)
+            module(*args, **kwargs)
     finally:
+        F.scaled_dot_product_attention = sdpa
         for h in handles:
             h.remove()
     return {**counts, "total": sum(counts.values())}
@@ -270,9 +301,15 @@ class FlopsReport(Record):
     case: Case
     peak: Peak
     stages: list[StageFlops]
-    unet_step_flops: int
-    unet_step_flops_analytic: int
+    step_flops: int  # one denoiser forward (lab.denoiser), counted on the meta device
+    step_flops_analytic: int
     notes: list[str] = field(default_factory=list)
+
+    renamed = {"unet_step_flops": "step_flops", "unet_step_flops_analytic": "step_flops_analytic"}
+
+    def __post_init__(self) -> None:
+        for s in self.stages:  # reports saved before the rename call the denoiser stage "unet"
+            s.stage = canonical_stage(s.stage)
 
     def to_frame(self):
         import pandas as pd
@@ -284,8 +321,8 @@ class FlopsReport(Record):
 
     def to_markdown(self) -> str:
         head = (f"peak {self.peak.flops_per_s / 1e9:.1f} GFLOP/s ({self.peak.dtype} matmul {self.peak.size}², "
-                f"{self.peak.device}); UNet step {self.unet_step_flops / 1e9:.2f} GFLOP "
-                f"(analytic {self.unet_step_flops_analytic / 1e9:.2f})\n\n")
+                f"{self.peak.device}); denoiser step {self.step_flops / 1e9:.2f} GFLOP "
+                f"(analytic {self.step_flops_analytic / 1e9:.2f})\n\n")
         warn = "" if self.peak_reliable else "\n\n" + next(n for n in self.notes if n.startswith("peak unreliable"))
         return head + self.to_frame().round(3).to_markdown() + warn
 
@@ -301,7 +338,7 @@ class FlopsReport(Record):
 
 
 def count_stage_flops(pipe, case: Case) -> dict[str, int]:
-    """FLOPs per stage (text_encoder, unet, vae_decode) of one real call of ``case``."""
+    """FLOPs per stage (text_encoder, denoiser, vae_decode) of one real call of ``case``."""
     import torch
 
     from .timing import StageTimer
@@ -311,7 +348,7 @@ def count_stage_flops(pipe, case: Case) -> dict[str, int]:
     marks: dict[str, int] = {}
 
     def listener(event: str, stage: str) -> None:
-        key = "unet" if stage.startswith("unet_step_") else stage
+        key = "denoiser" if is_step_stage(stage) else stage
         now = counter.get_total_flops()
         if event == "begin":
             marks[key] = now
@@ -324,12 +361,13 @@ def count_stage_flops(pipe, case: Case) -> dict[str, int]:
 
 
 def matmul_dtype(pipe) -> str:
-    """The dtype whose matmul peak bounds ``pipe``'s UNet: its weights' dtype, tf32 for fp32 on TF32 tensor cores."""
+    """The dtype whose matmul peak bounds ``pipe``'s denoiser: its weights' dtype, tf32 for fp32 on TF32 tensor cores."""
     import torch
 
+    from .denoiser import denoiser
     from .env import DTYPES, dtype_name
 
-    dtype = dtype_name(pipe.unet.dtype)
+    dtype = dtype_name(denoiser(pipe).dtype)
     dtype = dtype if dtype in DTYPES else "fp32"  # no matmul peak for other dtypes: compare against fp32
     if dtype == "fp32" and str(pipe.device).startswith("cuda") and torch.backends.cuda.matmul.allow_tf32:
         dtype = "tf32"  # fp32 matmuls run on TF32 tensor cores: their peak is the honest ceiling
@@ -341,7 +379,7 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
     """Count FLOPs per stage and set them against measured stage times and the device peak.
 
     Args:
-        stage_seconds: median seconds per stage (``text_encoder``, ``unet``, ``vae_decode``), e.g.
+        stage_seconds: median seconds per stage (``text_encoder``, ``denoiser``, ``vae_decode``), e.g.
             from a benchmark of the same case; measured here (warm-up + ``repeats``) when None.
     """
     import torch
@@ -360,14 +398,14 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
                 if i:
                     runs.append(t)
         med = statistics.median
-        stage_seconds = {"text_encoder": med(r.text_encoder for r in runs), "unet": med(r.unet for r in runs),
+        stage_seconds = {"text_encoder": med(r.text_encoder for r in runs), "denoiser": med(r.denoiser for r in runs),
                          "vae_decode": med(r.vae_decode for r in runs)}
     flops = count_stage_flops(pipe, case)
     peak = peak or measure_peak(device, dtype)
     size = case.height or default_size(pipe)
-    batch = 2 if case.guidance > 1 else 1
+    batch = step_batch(pipe, case.guidance)
     stages = []
-    for name in ("text_encoder", "unet", "vae_decode"):
+    for name in ("text_encoder", "denoiser", "vae_decode"):
         seconds = stage_seconds.get(name, 0.0)
         rate = flops.get(name, 0) / seconds if seconds > 0 else 0.0
         stages.append(StageFlops(name, int(flops.get(name, 0)), seconds, rate, utilisation(rate, peak)))
@@ -387,7 +425,7 @@ def flops_report(pipe, case: Case, *, stage_seconds: dict[str, float] | None = N
         case=case,
         peak=peak,
         stages=stages,
-        unet_step_flops=unet_step_flops(pipe, size, case.width or size, batch)["total"],
-        unet_step_flops_analytic=analytic_unet_step_flops(pipe, size, case.width or size, batch)["total"],
+        step_flops=step_flops(pipe, size, case.width or size, batch)["total"],
+        step_flops_analytic=analytic_step_flops(pipe, size, case.width or size, batch)["total"],
         notes=notes,
     )

@@ -162,7 +162,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
                            "markdown": d.to_markdown()}
         utilisations.extend(s.utilisation_pct for s in run.flops.stages if s.utilisation_pct is not None)
         if env.cuda:
-            named = float(check.diagnosis["first_suggestion"] == "compile-unet-reduce-overhead")
+            named = float(check.diagnosis["first_suggestion"] == "compile-denoiser-reduce-overhead")
             targets["diagnose names CUDA graphs first (1 = yes)"].judge(named)
 
     def ladder(name: str, model: str, size: int, speed: str, util: str, plan=None) -> None:
@@ -176,10 +176,10 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
             targets[speed].judge(speedup)
             targets[util].judge(utilisation)
 
-    graphs = "compile-unet-reduce-overhead"
+    graphs = "compile-denoiser-reduce-overhead"
     sd15_plan = [("fp32", "fp32"), (half, half), ("+ SDPA, channels-last", f"{half}+sdpa+channels-last"),
                  ("+ CUDA graphs", f"{half}+sdpa+channels-last+{graphs}"),
-                 ("+ CUDA graphs, tuned inductor", f"{half}+sdpa+channels-last+compile-unet-tuned")]
+                 ("+ CUDA graphs, tuned inductor", f"{half}+sdpa+channels-last+compile-denoiser-tuned")]
     if recipes.get("torchao-fp8dq").check(env) is None:
         sd15_plan.append(("bf16 + float8 (torchao) + CUDA graphs", f"bf16+sdpa+channels-last+torchao-fp8dq+{graphs}"))
     sdxl_plan = [("fp32", "fp32"), ("bf16 + SDPA", "bf16+sdpa"),

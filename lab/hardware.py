@@ -40,20 +40,23 @@ class HardwarePlan(Record):
 
 
 def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None,
-                  max_autotune: bool = False) -> HardwarePlan:
+                  max_autotune: bool = False, model: str | None = None) -> HardwarePlan:
     """Choose precision, compile mode/backend and component placement for this hardware.
 
     Args:
         model_gb: the pipeline's weight size, to decide whether everything fits on the GPU.
         max_autotune: on CUDA, compile with max-autotune instead of reduce-overhead (opt-in: minutes of tuning).
+        model: fit the recipe to this model (``lab.recipes.fit_to_model``: bf16 for a transformer, ...).
     """
+    from .denoiser import model_kind
+    from .recipes import fit_to_model
     from .recipes.compile import COMPILE_COST
 
     import os
 
     env = env or RecipeEnv.detect()
     reasons: list[str] = []
-    placement = {"text_encoder": env.device, "unet": env.device, "vae": env.device}
+    placement = {"text_encoder": env.device, "denoiser": env.device, "vae": env.device}
     threads = None
     costs: list[str] = []
     if env.cuda:
@@ -63,7 +66,7 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
                        + ("bf16 has fp32's range at fp16's speed (sm80+)" if precision == "bf16"
                           else "no fast bf16 before sm80, so fp16"))
         compile_mode, backend = ("max-autotune" if max_autotune else "reduce-overhead"), "inductor"
-        compile_recipe = f"compile-unet-{compile_mode}"
+        compile_recipe = f"compile-denoiser-{compile_mode}"
         reasons.append("CUDA graphs (inductor, mode reduce-overhead): an eager UNet step is launch-bound on a fast "
                        "GPU (H100, sd15 fp16 at 512²: 41 ms per step with the host CPU at 100 %, no faster than "
                        "fp32); graphs replay the step in one launch (9.2 ms, 4.8x over fp32)")
@@ -95,8 +98,12 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
         compile_mode, backend = "default", "inductor"
         reasons.append("inductor's C++/OpenMP backend fuses the element-wise work between convolutions; "
                        "reduce-overhead (CUDA graphs) and max-autotune (Triton) do nothing on a CPU")
-        parts = [precision, "sdpa", "channels-last", "compile-unet"]
-        costs.append("compile-unet: a cold compile of sd15's UNet takes about 90 s on 2 CPU cores")
+        parts = [precision, "sdpa", "channels-last", "compile-denoiser"]
+        costs.append("compile-denoiser: a cold compile of sd15's UNet takes about 90 s on 2 CPU cores")
+    if model is not None:
+        parts, notes = fit_to_model(parts, model_kind(model))
+        reasons += notes
+        precision = next((p for p in parts if p in ("fp32", "fp16", "bf16")), precision)
     plan = HardwarePlan(device=env.device, precision=precision, compile_mode=compile_mode,
                         compile_backend=backend, placement=placement, recipe="+".join(parts), threads=threads,
                         reasons=reasons, costs=costs)

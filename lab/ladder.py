@@ -4,9 +4,11 @@ Each rung adds one technique to the previous rung: fp32 → fp16 on CUDA (bf16 o
 channels-last → compile → fused QKV → quanto int8 weights → int8 weights + activations (without fused QKV,
 which quanto's activations cannot split) → fewer steps with a better scheduler; then the same fewer steps
 on the fastest rung before it (the cumulative last rung inherits every rung that lost time). On CUDA the
-compile rung is CUDA graphs (``compile-unet-reduce-overhead``: the eager UNet is launch-bound there) and,
+compile rung is CUDA graphs (``compile-denoiser-reduce-overhead``: an eager denoiser is launch-bound there) and,
 where torchao and an sm89+ GPU allow, a float8 rung follows it; on CPU it freezes the weights into the
-graph (``compile-unet-frozen``). Per rung: latency, speed-up over fp32, UNet ms per step, achieved TFLOP/s
+graph (``compile-denoiser-frozen``). On a transformer model (Flux, SD3.5) there is no channels-last rung (no
+convolutions to lay out) and the fewer-steps rung keeps the model's flow-matching scheduler. Per rung: latency,
+speed-up over fp32, denoiser ms per step, achieved TFLOP/s
 and utilisation against the measured matmul peak in the rung's dtype (never above 100 %: flagged instead),
 peak memory, SSIM against the fp32 image (meaningful on a trained model only) and the first-step fidelity
 against fp32 (meaningful everywhere; ``lab.fidelity``).
@@ -31,19 +33,21 @@ def fewer(steps: int) -> int:
     return max(1, steps // 2)
 
 
-def fewer_steps(recipe: str, steps: int) -> str:
-    """``recipe`` with the ladder's fewer-steps rung added."""
-    return f"{recipe}+dpmpp-2m-karras+steps-{fewer(steps)}"
+def fewer_steps(recipe: str, steps: int, flow: bool = False) -> str:
+    """``recipe`` with the ladder's fewer-steps rung added (DPM-Solver++ Karras, or the model's own flow scheduler)."""
+    return f"{recipe}+steps-{fewer(steps)}" if flow else f"{recipe}+dpmpp-2m-karras+steps-{fewer(steps)}"
 
 
-def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet", fp8: bool = False) -> list[tuple[str, str]]:
-    """(label, cumulative recipe string) per rung."""
+def rungs(precision: str, steps: int, compile_recipe: str = "compile-denoiser", fp8: bool = False,
+          transformer: bool = False) -> list[tuple[str, str]]:
+    """(label, cumulative recipe string) per rung; ``transformer``: a Flux/SD3 model (no layout rung, flow steps)."""
     parts: list[str] = []
     out = [("fp32", "fp32")]
     compiled = ""
-    for label, add in ((precision, precision), ("+ SDPA", "sdpa"), ("+ channels-last", "channels-last"),
+    layout = () if transformer else (("+ channels-last", "channels-last"),)
+    for label, add in ((precision, precision), ("+ SDPA", "sdpa"), *layout,
                        ("+ compile", compile_recipe), ("+ fused QKV", "fused-qkv"),
-                       ("+ quanto int8 weights", "quanto-unet-int8w")):
+                       ("+ quanto int8 weights", "quanto-denoiser-int8w")):
         parts.append(add)
         out.append((label, "+".join(parts)))
         if add == compile_recipe:
@@ -51,9 +55,10 @@ def rungs(precision: str, steps: int, compile_recipe: str = "compile-unet", fp8:
             if fp8:  # float8 tensor cores need bf16 activations with per-row scales
                 out.append(("float8 (torchao) on the compile rung, bf16",
                             compiled.replace(precision, "bf16", 1) + "+torchao-fp8dq"))
-    w8a8 = [p if p != "quanto-unet-int8w" else "quanto-unet-int8w-int8a" for p in parts if p != "fused-qkv"]
+    w8a8 = [p if p != "quanto-denoiser-int8w" else "quanto-denoiser-int8w-int8a" for p in parts if p != "fused-qkv"]
     out.append(("int8 weights + activations (no fused QKV)", "+".join(w8a8)))
-    out.append((f"+ DPM-Solver++ Karras, {fewer(steps)} steps", fewer_steps("+".join(parts), steps)))
+    out.append((f"+ {'' if transformer else 'DPM-Solver++ Karras, '}{fewer(steps)} steps",
+                fewer_steps("+".join(parts), steps, flow=transformer)))
     return out
 
 
@@ -66,8 +71,8 @@ class Rung(Record):
     latency_s: float | None = None
     speedup: float | None = None  # fp32 latency ÷ this rung's
     first_call_s: float | None = None
-    unet_ms_per_step: float | None = None
-    unet_tflops: float | None = None
+    denoiser_ms_per_step: float | None = None
+    denoiser_tflops: float | None = None
     utilisation_pct: float | None = None  # None: not ok, or above the measured peak (flagged)
     peak_dtype: str | None = None
     peak_mem_mb: float | None = None
@@ -75,6 +80,8 @@ class Rung(Record):
     fidelity_cosine: float | None = None
     fidelity_rel_error: float | None = None
     fewer_steps: bool = False
+
+    renamed = {"unet_ms_per_step": "denoiser_ms_per_step", "unet_tflops": "denoiser_tflops"}
 
 
 @dataclass
@@ -86,13 +93,15 @@ class LadderResult(Record):
     steps: int
     repeats: int
     batch: int
-    unet_step_flops: int
+    step_flops: int  # one denoiser forward (lab.denoiser)
     peaks: dict[str, Peak]
     rungs: list[Rung]
     out: str
     env: dict = field(default_factory=dict)
     ssim_meaningful: bool = True
     notes: list[str] = field(default_factory=list)
+
+    renamed = {"unet_step_flops": "step_flops"}
 
     def best(self, fewer_steps: bool = False) -> Rung | None:
         """The fastest rung that ran (with or without the fewer-steps rungs)."""
@@ -102,7 +111,7 @@ class LadderResult(Record):
     def to_frame(self):
         import pandas as pd
 
-        cols = ["rung", "latency_s", "speedup", "unet_ms_per_step", "unet_tflops", "utilisation_pct",
+        cols = ["rung", "latency_s", "speedup", "denoiser_ms_per_step", "denoiser_tflops", "utilisation_pct",
                 "peak_mem_mb", "ssim", "fidelity_cosine", "status"]
         rows = [{"rung": r.label, **{c: getattr(r, c) for c in cols[1:]}} for r in self.rungs]
         frame = pd.DataFrame(rows, columns=cols).set_index("rung")
@@ -116,8 +125,9 @@ class LadderResult(Record):
             if r.status != "ok":
                 frame.loc[r.label, "status"] = f"{r.status}: {(r.error or '')[:80]}"
         peaks = ", ".join(f"{k} {v.flops_per_s / 1e12:.3g} TFLOP/s (n={v.size})" for k, v in self.peaks.items())
-        text = (frame.to_markdown() + f"\n\n{self.model}, {self.size}², {self.steps} steps, batch {self.batch} (CFG), "
-                f"median of {self.repeats} after 1 warm-up; UNet {self.unet_step_flops / 1e12:.3f} TFLOP per step; "
+        text = (frame.to_markdown() + f"\n\n{self.model}, {self.size}², {self.steps} steps, batch {self.batch}"
+                f"{' (CFG)' if self.batch == 2 else ''}, median of {self.repeats} after 1 warm-up; denoiser "
+                f"{self.step_flops / 1e12:.3f} TFLOP per step; "
                 f"measured peaks: {peaks}; {self.env.get('device_name', '')}, torch "
                 f"{self.env.get('packages', {}).get('torch', '')}, commit {self.env.get('git_commit', '')}")
         return text + "".join(f"\n\n{n}" for n in self.notes)
@@ -127,7 +137,7 @@ class LadderResult(Record):
 
 
 def _dtype(recipe: str) -> str:
-    """The matmul dtype a rung's UNet runs in: the peak its utilisation is measured against."""
+    """The matmul dtype a rung's denoiser runs in: the peak its utilisation is measured against."""
     parts = recipe.split("+")
     if "torchao-fp8dq" in parts:
         return "fp8"
@@ -141,7 +151,8 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
 
     Args:
-        smoke: tiny, 1 repeat, 2 steps and regional compile (what CI runs: cold whole-UNet compiles cost minutes).
+        smoke: tiny (or ``model`` when it is tiny-flux), 1 repeat, 2 steps and regional compile (what CI runs: cold
+            whole-denoiser compiles cost minutes).
         plan: (label, recipe) rungs to run instead of the standard ones (the first must be ``fp32``).
         fewer_steps_rung: add the fewer-steps rung on the fastest rung (one more compile when that rung compiles).
         peaks: matmul peaks by dtype already measured on this device; the ones missing are measured here.
@@ -151,18 +162,22 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     from . import recipes
     from .env import RecipeEnv
     from .experiments import compare
-    from .flops import measure_peak, unet_step_flops
+    from .denoiser import model_kind
+    from .flops import measure_peak, step_batch, step_flops
     from .models import EMBEDDED, build_embedded, load_model
 
     if smoke:
-        model, size, steps, repeats = "tiny", 64, 2, 1
+        model, size, steps, repeats = (model if model == "tiny-flux" else "tiny"), 64, 2, 1
     out = Path(out or Path("runs") / f"ladder-{Path(model).name}-{size}")
     env = RecipeEnv.detect(device)
-    precision = "fp16" if env.cuda else "bf16"
-    compile_recipe = ("compile-unet-regional" if smoke else "compile-unet-reduce-overhead" if env.cuda
-                      else "compile-unet-frozen")
+    kind = model_kind(model)
+    transformer = kind is not None and kind.denoiser == "transformer"
+    # FLUX.1 and SD3.5 run in bf16 (their published dtype; fp16 overflows in their activations)
+    precision = "fp16" if env.cuda and not transformer else "bf16"
+    compile_recipe = ("compile-denoiser-regional" if smoke else "compile-denoiser-reduce-overhead" if env.cuda
+                      else "compile-denoiser-frozen")
     fp8 = not smoke and recipes.get("torchao-fp8dq").check(env) is None
-    ladder = list(plan) if plan else rungs(precision, steps, compile_recipe, fp8=fp8)
+    ladder = list(plan) if plan else rungs(precision, steps, compile_recipe, fp8=fp8, transformer=transformer)
     if ladder[0][1] != "fp32":
         raise LabError(f"a ladder starts at fp32 (its baseline), not {ladder[0][1]!r}")
     standard = plan is None
@@ -176,15 +191,16 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     timed = [(cmp.record(recipe, case.name), label) for label, recipe in (ladder[:-2] if standard else ladder)]
     fastest = min(((r, label) for r, label in timed if r.status == "ok"), key=lambda pair: pair[0].latency.median,
                   default=None)
-    if fewer_steps_rung and fastest and fewer_steps(fastest[0].recipe, steps) not in {r for _, r in ladder}:
-        ladder.append((f"{fastest[1]} (fastest rung) + DPM-Solver++ Karras, {fewer(steps)} steps",
-                       fewer_steps(fastest[0].recipe, steps)))
+    shorter = fewer_steps(fastest[0].recipe, steps, transformer) if fastest else None
+    if fewer_steps_rung and shorter and shorter not in {r for _, r in ladder}:
+        scheduler = "" if transformer else " + DPM-Solver++ Karras,"
+        ladder.append((f"{fastest[1]} (fastest rung){scheduler} {fewer(steps)} steps", shorter))
         cmp = run()  # the runner resumes from results.jsonl: only the new rung runs
 
     # FLOPs are counted on the meta device: no weights needed
     pipe = build_embedded(model, empty=True) if model in EMBEDDED else load_model(model, device="cpu")
-    batch = 2 if case.guidance > 1 else 1
-    step_flops = unet_step_flops(pipe, size, size, batch)["total"]
+    batch = step_batch(pipe, case.guidance)
+    flops_per_step = step_flops(pipe, size, size, batch)["total"]
     del pipe
     given = peaks or {}
     peaks = {dt: given.get(dt) or measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
@@ -197,11 +213,11 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
         if rec.status == "ok":
             dtype = _dtype(recipe)
             peak = peaks[dtype]
-            unet_s = rec.stages.unet_per_step
-            achieved = step_flops / unet_s
+            step_s = rec.stages.denoiser_per_step
+            achieved = flops_per_step / step_s
             rung.latency_s, rung.first_call_s = rec.latency.median, rec.first_call_s
             rung.speedup = fp32.latency.median / rec.latency.median if fp32.status == "ok" else None
-            rung.unet_ms_per_step, rung.unet_tflops = unet_s * 1e3, achieved / 1e12
+            rung.denoiser_ms_per_step, rung.denoiser_tflops = step_s * 1e3, achieved / 1e12
             rung.utilisation_pct, rung.peak_dtype = utilisation(achieved, peak), dtype
             if rung.utilisation_pct is None:
                 over.append(label)
@@ -220,7 +236,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
         notes.append(f"peak unreliable: {', '.join(over)} achieved more than the measured peak; no utilisation "
                      "is reported for them")
     result = LadderResult(model=model, size=size, steps=steps, repeats=repeats, batch=batch,
-                          unet_step_flops=step_flops, peaks=peaks, rungs=result_rungs, out=str(out),
+                          step_flops=flops_per_step, peaks=peaks, rungs=result_rungs, out=str(out),
                           env=json.loads((out / "environment.json").read_text()), ssim_meaningful=not random_weights,
                           notes=notes)
     result.save(out / "ladder.json")

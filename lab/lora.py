@@ -13,15 +13,15 @@ import warnings
 from pathlib import Path
 
 from ._checks import LabError
+from .denoiser import denoiser, denoiser_name
 
 
 def make_lora(pipe, path: str | os.PathLike, *, rank: int = 4, seed: int = 0, std: float = 0.05) -> Path:
-    """Create a rank-``rank`` LoRA on the UNet's attention projections and save it as safetensors.
+    """Create a rank-``rank`` LoRA on the denoiser's attention projections and save it as safetensors.
 
-    The UNet is copied first, so ``pipe`` itself is left untouched.
+    The denoiser (UNet or transformer) is copied first, so ``pipe`` itself is left untouched.
     """
     import torch
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -30,18 +30,20 @@ def make_lora(pipe, path: str | os.PathLike, *, rank: int = 4, seed: int = 0, st
     if path.suffix != ".safetensors":
         raise LabError(f"a LoRA file must end in .safetensors, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    unet = type(pipe.unet).from_config(pipe.unet.config)
-    unet.load_state_dict(pipe.unet.state_dict())
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+    name, source = denoiser_name(pipe), denoiser(pipe)
+    copy = type(source).from_config(source.config)
+    copy.load_state_dict(source.state_dict())
+    copy.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:  # peft starts B at zero (a no-op adapter): give it a visible effect
+        for param_name, param in copy.named_parameters():
+            if "lora_B" in param_name:  # peft starts B at zero (a no-op adapter): give it a visible effect
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(save_directory=path.parent, unet_lora_layers=layers,
-                                              weight_name=path.name, safe_serialization=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(copy))
+    # each pipeline class writes its own key prefixes (unet.* for SD, transformer.* for Flux/SD3)
+    type(pipe).save_lora_weights(save_directory=path.parent, **{f"{name}_lora_layers": layers},
+                                 weight_name=path.name, safe_serialization=True)
     return path
 
 
@@ -66,7 +68,7 @@ def _lora_modules(pipe) -> dict[str, object]:
     """The components a LoRA can change (UNet, text encoders), by name."""
     import torch
 
-    names = getattr(pipe, "_lora_loadable_modules", None) or ("unet", "text_encoder", "text_encoder_2")
+    names = getattr(pipe, "_lora_loadable_modules", None) or (denoiser_name(pipe), "text_encoder", "text_encoder_2")
     return {n: m for n in names if isinstance(m := getattr(pipe, n, None), torch.nn.Module)}
 
 
@@ -81,7 +83,7 @@ def _adapters(pipe) -> dict[str, frozenset[str] | None]:
 
 def _adapter_layers(pipe, adapter_name: str) -> int:
     """LoRA layers holding ``adapter_name`` (empty peft wrappers left by another attempt do not count)."""
-    return sum(1 for name, _ in pipe.unet.named_modules() if name.endswith(f"lora_A.{adapter_name}"))
+    return sum(1 for name, _ in denoiser(pipe).named_modules() if name.endswith(f"lora_A.{adapter_name}"))
 
 
 def _rollback(pipe, before: dict[str, frozenset[str] | None]) -> None:
@@ -143,7 +145,7 @@ def load_lora(pipe, path: str | os.PathLike, *, scale: float = 1.0, adapter_name
             _rollback(pipe, before)
             lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
             first = next((line for line in lines if "mismatch" in line or "Missing" in line), lines[0])[:300]
-            raise LabError(f"LoRA {str(path)!r} does not fit this {type(pipe.unet).__name__} (another "
+            raise LabError(f"LoRA {str(path)!r} does not fit this {type(denoiser(pipe)).__name__} (another "
                            f"architecture?): {first}") from None
         finally:
             peft_log.setLevel(level)

@@ -15,7 +15,7 @@ from .recipes import parse
 
 DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "text": ("fp32-text", "bf16-text"),
-    "unet": ("fp32-unet", "bf16-unet", "quanto-unet-int8w", "bf16-unet+quanto-unet-int8w"),
+    "denoiser": ("fp32-denoiser", "bf16-denoiser", "quanto-denoiser-int8w", "bf16-denoiser+quanto-denoiser-int8w"),
     "vae": ("fp32-vae", "bf16-vae"),
 }
 

@@ -306,6 +306,15 @@ def _from_pretrained(model: str, dtype):
     return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
 
 
+def _check_scheduler_fits(model: str, scheduler: str) -> None:
+    from .denoiser import model_kind
+    from .schedulers import fits
+
+    kind = model_kind(model)
+    if kind is not None and (why := fits(scheduler, kind)):
+        raise LabError(f"scheduler {scheduler!r} cannot drive {model!r}: {why}")
+
+
 def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None):
     """Load a diffusers pipeline with no recipe applied (arguments as ``lab.load_pipeline``, which adds recipes)."""
     from .schedulers import SCHEDULERS
@@ -316,6 +325,7 @@ def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto"
     device = resolve_device(device)
     if scheduler is not None:
         choose("scheduler", scheduler, SCHEDULERS)
+        _check_scheduler_fits(model, scheduler)
     if model in EMBEDDED:
         pipe = build_embedded(model)
         _cast(pipe, device, torch_dt)
@@ -341,4 +351,9 @@ def _cast(pipe, device: str, dtype) -> None:
 
 def default_size(pipe) -> int:
     """The pipeline's native square resolution in pixels."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    from .denoiser import denoiser
+
+    sample = denoiser(pipe).config.get("sample_size") or getattr(pipe, "default_sample_size", None)
+    if sample is None:
+        raise LabError(f"{type(pipe).__name__} declares no native size; pass the height and width")
+    return int(sample * pipe.vae_scale_factor)

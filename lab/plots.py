@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .denoiser import STEP_PREFIX
+
+STAGES = ("text_encoder", "denoiser", "vae_decode", "other")
+
 
 def _figure(figsize=(7, 3.5), nrows: int = 1, ncols: int = 1):
     """A new figure: one axis, or a 2-D grid ``axes[row][col]`` when there are several."""
@@ -86,8 +90,8 @@ def _save(fig, path: str | os.PathLike | None):
 
 
 def plot_stages(result, *, path: str | os.PathLike | None = None):
-    """Stacked bar per case: median seconds in text encoder, UNet, VAE decode and other."""
-    stages = {c.case.name: {k: getattr(c.stages, k) for k in ("text_encoder", "unet", "vae_decode", "other")}
+    """Stacked bar per case: median seconds in text encoder, denoiser, VAE decode and other."""
+    stages = {c.case.name: {k: getattr(c.stages, k) for k in STAGES}
               for c in result.cases if c.stages}
     return _stacked_stages(stages, f"Where the time goes: {result.model} ({result.dtype}, {result.device})", path)
 
@@ -164,7 +168,7 @@ def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | Non
                            color=colours.get(span.stage, "grey"))
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlabel("ms from the start of the trace")
-    ax.set_title(f"Timeline of one call: {prof.model} ({prof.unet_steps} denoising steps recorded)")
+    ax.set_title(f"Timeline of one call: {prof.model} ({prof.denoiser_steps} denoising steps recorded)")
     ax.legend(handles=[_patch(colours[s], s) for s in stages], fontsize="x-small", ncols=min(len(stages), 5),
               loc="upper center", bbox_to_anchor=(0.5, -0.35))
     kind = "kernel" if prof.has_kernels else "op"
@@ -186,7 +190,7 @@ def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | Non
         bars.bar(range(len(stages)), values, bottom=bottom, label=name, color="lightgrey" if name == "other"
                  else f"C{i % 10}")
         bottom += values
-    bars.set_xticks(range(len(stages)), [s.replace("unet_step_", "step ") for s in stages], fontsize="small")
+    bars.set_xticks(range(len(stages)), [s.replace(STEP_PREFIX, "step ") for s in stages], fontsize="small")
     bars.set_ylabel(f"{'device' if kind == 'kernel' else 'CPU'} self time (ms)")
     bars.set_title(f"Top {kind}s per stage")
     bars.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -318,7 +322,7 @@ def _stacked_stages(stages: dict[str, dict[str, float]], title: str, path):
     names = [wrap_label(label) for label in labels]
     fig, ax = _figure(figsize=(7, _bar_height(names) + 0.4))
     left = [0.0] * len(labels)
-    for stage in ("text_encoder", "unet", "vae_decode", "other"):
+    for stage in STAGES:
         values = [max(stages[label][stage], 0.0) for label in labels]
         ax.barh(names, values, left=left, label=stage)
         left = [a + v for a, v in zip(left, values)]
@@ -335,8 +339,7 @@ def plot_stage_breakdown(comparison, *, path: str | os.PathLike | None = None):
     for recipe in recipes:
         runs = [r.stages for r in comparison.records if r.recipe == recipe and r.status == "ok" and r.stages]
         if runs:
-            stages[recipe] = {k: sum(getattr(s, k) for s in runs) / len(runs)
-                              for k in ("text_encoder", "unet", "vae_decode", "other")}
+            stages[recipe] = {k: sum(getattr(s, k) for s in runs) / len(runs) for k in STAGES}
     return _stacked_stages(stages, "Stage breakdown per recipe", path)
 
 
@@ -346,7 +349,7 @@ def plot_stage_comparison(results: dict, *, path: str | os.PathLike | None = Non
     for label, result in results.items():
         st = next((c.stages for c in result.cases if c.stages), None)
         if st is not None:
-            stages[label] = {k: getattr(st, k) for k in ("text_encoder", "unet", "vae_decode", "other")}
+            stages[label] = {k: getattr(st, k) for k in STAGES}
     return _stacked_stages(stages, "Where the time goes: " + " vs ".join(results), path)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ._checks import LabError, choose
 from .cases import Case
+from .denoiser import kind_of, model_kind
 from .env import RecipeEnv, torch_dtype
 from .models import load_model
 from .recipes import Plan, parse
@@ -53,16 +54,27 @@ def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto
     cases = [cases] if isinstance(cases, Case) else list(cases)
     overrides = plan.case_overrides()
     prepared = Prepared(recipe=plan.text, plan=plan, env=env, cases=[c.with_overrides(**overrides) for c in cases])
-    if reasons := plan.check(env):
-        prepared.skipped = "; ".join(f"{k}: {v}" for k, v in reasons.items())
-        if strict:
-            raise LabError(f"recipe {plan.text!r} cannot apply here: {prepared.skipped}")
-        return prepared
+    kind = model_kind(model)  # None for a hub id: its fit is checked once it has loaded
+    if refused := _refusal(plan, env, kind, model, prepared, strict):
+        return refused
     pipe = load_model(model, dtype=dtype, device=env.device, scheduler=scheduler)
+    if kind is None and (refused := _refusal(plan, env, kind_of(pipe), model, prepared, strict)):
+        return refused
     start = time.perf_counter()
     plan.apply(pipe, prepared.cases)
     prepared.apply_s = time.perf_counter() - start
     prepared.pipe = pipe
+    return prepared
+
+
+def _refusal(plan: Plan, env: RecipeEnv, kind, model: str, prepared: Prepared, strict: bool) -> Prepared | None:
+    """``prepared`` marked skipped (or a LabError when strict) if the plan cannot run here or on this model."""
+    reasons = {**plan.check(env), **(plan.fits(kind) if kind is not None else {})}
+    if not reasons:
+        return None
+    prepared.skipped = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+    if strict:
+        raise LabError(f"recipe {plan.text!r} cannot apply to {model!r} here: {prepared.skipped}")
     return prepared
 
 

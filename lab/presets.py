@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from ._checks import LabError, choose
 from .env import RecipeEnv
-from .recipes import parse
+from .denoiser import model_kind
+from .recipes import fit_to_model, parse
 from .results import Record
 
 PRIORITIES = ("quality", "balance", "speed")
@@ -28,10 +29,16 @@ def _precision(env: RecipeEnv) -> tuple[str, str]:
     return "fp32", "this CPU has no native bf16 matmul: lower precision would be emulated and slower"
 
 
-def preset(tier: str, env: RecipeEnv | None = None) -> str:
-    """The recipe string of a tier on this hardware: ``basic`` / ``advanced`` / ``expert``."""
-    choose("tier", tier, TIERS)
-    env = env or RecipeEnv.detect()
+def preset(tier: str, env: RecipeEnv | None = None, model: str | None = None) -> str:
+    """The recipe string of a tier on this hardware (``basic`` / ``advanced`` / ``expert``), fitted to ``model``
+    when given (a transformer model drops the UNet-only parts: ``lab.recipes.fit_to_model``)."""
+    text = _tier(choose("tier", tier, TIERS), env or RecipeEnv.detect())
+    if model is None:
+        return text
+    return "+".join(fit_to_model(text.split("+"), model_kind(model))[0])
+
+
+def _tier(tier: str, env: RecipeEnv) -> str:
     precision, _ = _precision(env)
     if tier == "basic":
         return f"{precision}+sdpa+vae-slicing+euler"
@@ -39,10 +46,10 @@ def preset(tier: str, env: RecipeEnv | None = None) -> str:
         if not env.cuda:  # quanto's int8 path has no fast CPU kernel: it saves memory but costs time here
             return f"{precision}+sdpa+channels-last+dpmpp-2m-karras+steps-20"
         memory = "+model-cpu-offload" if (env.cuda_memory_gb or 0) < 16 else ""
-        return f"{precision}+sdpa+channels-last+quanto-unet-int8w+dpmpp-2m-karras+steps-20{memory}"
+        return f"{precision}+sdpa+channels-last+quanto-denoiser-int8w+dpmpp-2m-karras+steps-20{memory}"
     if env.cuda:  # what the H100 evidence supports: CUDA graphs on channels-last; fused QKV and VAE compile unmeasured
-        return f"{precision}+sdpa+channels-last+compile-unet-reduce-overhead+dpmpp-2m-karras+steps-20"
-    return f"{precision}+sdpa+channels-last+compile-unet+compile-vae+dpmpp-2m-karras+steps-20"
+        return f"{precision}+sdpa+channels-last+compile-denoiser-reduce-overhead+dpmpp-2m-karras+steps-20"
+    return f"{precision}+sdpa+channels-last+compile-denoiser+compile-vae+dpmpp-2m-karras+steps-20"
 
 
 @dataclass
@@ -61,12 +68,13 @@ class Recommendation(Record):
 
 
 def recommend(env: RecipeEnv | None = None, priority: str = "balance",
-              memory_budget: float | None = None) -> Recommendation:
+              memory_budget: float | None = None, model: str | None = None) -> Recommendation:
     """Walk seed 002's decision tree for this hardware and priority; returns a recipe and the reasoning.
 
     Args:
         priority: ``quality``, ``balance`` or ``speed``.
         memory_budget: GiB the pipeline may use (default: the GPU's memory, or unbounded on CPU).
+        model: fit the recipe to this model (a transformer drops UNet-only parts, each with the reason).
     """
     choose("priority", priority, PRIORITIES)
     if memory_budget is not None and not memory_budget > 0:
@@ -81,18 +89,18 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
                        f"{'<' if consumer else '>='} 16 GiB")
         parts.append("sdpa")
         if consumer:  # quantization and memory first
-            parts += {"quality": ["quanto-unet-int8w"], "balance": ["quanto-unet-int8w", "dpmpp-2m-karras",
+            parts += {"quality": ["quanto-denoiser-int8w"], "balance": ["quanto-denoiser-int8w", "dpmpp-2m-karras",
                                                                     "steps-20"],
-                      "speed": ["quanto-unet-int4w", "dpmpp-2m-karras", "steps-12"]}[priority]
+                      "speed": ["quanto-denoiser-int4w", "dpmpp-2m-karras", "steps-12"]}[priority]
             parts.append("model-cpu-offload")
             reasons.append("weights quantized and components offloaded so the model fits; SDPA is already "
                            "memory-efficient, so no attention slicing")
         else:  # compute and compilation first
-            parts += ["channels-last", "compile-unet-reduce-overhead"]
+            parts += ["channels-last", "compile-denoiser-reduce-overhead"]
             if priority == "speed":
                 parts += ["dpmpp-2m-karras", "steps-20"]
-            reasons.append("enough memory: spend it on speed. The eager UNet is launch-bound on a fast GPU (H100: "
-                           "41 ms per sd15 step, host CPU at 100 %), so CUDA graphs (compile-unet-reduce-overhead) "
+            reasons.append("enough memory: spend it on speed. An eager denoiser is launch-bound on a fast GPU (H100: "
+                           "41 ms per sd15 step, host CPU at 100 %), so CUDA graphs (compile-denoiser-reduce-overhead) "
                            "on channels-last: 9.2 ms per step, 4.8x over fp32. Cost: a first call of 70-120 s; "
                            "max-autotune is opt-in (not finished after 4 min there)")
     else:
@@ -100,14 +108,17 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
                        "in-framework levers are precision, layout, compile and fewer steps")
         parts += ["sdpa", "channels-last"]
         if priority in ("balance", "speed"):
-            parts.append("compile-unet")
-            reasons.append("torch.compile (inductor, C++ backend) fuses the UNet's element-wise work")
+            parts.append("compile-denoiser")
+            reasons.append("torch.compile (inductor, C++ backend) fuses the denoiser's element-wise work")
         if priority == "speed":
             parts += ["dpmpp-2m-karras", "steps-12"]
             reasons.append("DPM-Solver++ (Karras) keeps quality at a third of the steps")
         if memory_budget is not None and memory_budget < 4:
-            parts.append("quanto-unet-int8w")
-            reasons.append(f"a {memory_budget:g} GiB budget: int8 UNet weights are 3.9x smaller")
+            parts.append("quanto-denoiser-int8w")
+            reasons.append(f"a {memory_budget:g} GiB budget: int8 denoiser weights are 3.9x smaller")
+    if model is not None:
+        parts, notes = fit_to_model(parts, model_kind(model))
+        reasons += notes
     text = "+".join(parts)
     plan = parse(text)
     return Recommendation(recipe=text, reasons=reasons, not_applicable=plan.check(env))

@@ -1,6 +1,6 @@
 """``profile()``: a torch.profiler trace of one pipeline call, with named stage ranges and step markers.
 
-The trace holds the ranges ``lab:text_encoder``, ``lab:unet_step_{i}`` and ``lab:vae_decode``, and the
+The trace holds the ranges ``lab:text_encoder``, ``lab:denoiser_step_{i}`` and ``lab:vae_decode``, and the
 step markers torch.profiler's own tools read (``ProfilerStep#N``, from ``prof.step()``): step 0 is prompt
 encoding and set-up, steps 1..k the denoising steps, the last one the VAE decode. TensorBoard's plugin and
 HTA therefore see one step per denoising step. The profiled call runs ``record_steps`` denoising steps of
@@ -27,6 +27,7 @@ from pathlib import Path
 from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
 from .env import Environment
+from .denoiser import STEP_PREFIX, canonical_stage
 from .results import Record, atomic_write_text
 
 RANGE_PREFIX = "lab:"
@@ -85,7 +86,7 @@ class OpRecord(Record):
 
 
 def _stage_group(stage: str) -> str:
-    return "unet" if stage.startswith("unet_step_") else stage
+    return "denoiser" if stage.startswith(STEP_PREFIX) else stage
 
 
 def _split_device_spans(spans: list[StageSpan]) -> tuple[list[StageSpan], list[StageSpan]]:
@@ -126,6 +127,8 @@ class ProfileResult(Record):
 
     def __post_init__(self) -> None:
         on_cuda = self.device.startswith("cuda")
+        for item in (*self.spans, *self.device_spans, *self.op_records):  # profiles saved as unet_step_i
+            item.stage = canonical_stage(item.stage)
         if on_cuda and not self.device_spans:
             self.spans, self.device_spans = _split_device_spans(self.spans)
         for r in self.op_records:
@@ -142,7 +145,7 @@ class ProfileResult(Record):
         return any(r.kind == "kernel" for r in self.op_records)
 
     def stages(self):
-        """Time per stage from the trace ranges (DataFrame; ``unet_step_*`` kept apart)."""
+        """Time per stage from the trace ranges (DataFrame; ``denoiser_step_*`` kept apart)."""
         import pandas as pd
 
         rows = defaultdict(float)
@@ -163,8 +166,8 @@ class ProfileResult(Record):
         """Op table (framework ops only), sorted by self or total time: device time on CUDA, CPU time otherwise.
 
         Args:
-            stage: a stage (``text_encoder``, ``unet_step_0``, ``vae_decode``, ``other``), or
-                ``unet`` for all recorded denoising steps; None for the whole trace.
+            stage: a stage (``text_encoder``, ``denoiser_step_0``, ``vae_decode``, ``other``), or
+                ``denoiser`` for all recorded denoising steps; None for the whole trace.
             full: every column in microseconds with input shapes; by default a narrow table in ms.
         """
         import pandas as pd
@@ -247,13 +250,13 @@ class ProfileResult(Record):
         return path
 
     @property
-    def unet_steps(self) -> int:
-        """UNet evaluations the trace holds (PNDM adds one to the steps asked for)."""
-        return len({s.stage for s in self.spans if s.stage.startswith("unet_step_")}) or self.record_steps
+    def denoiser_steps(self) -> int:
+        """Denoiser evaluations the trace holds (PNDM adds one to the steps asked for)."""
+        return len({s.stage for s in self.spans if s.stage.startswith(STEP_PREFIX)}) or self.record_steps
 
     @property
     def trace_bytes_per_step(self) -> float:
-        return self.trace_bytes / self.unet_steps
+        return self.trace_bytes / self.denoiser_steps
 
     def _repr_markdown_(self) -> str:
         return (f"**profile of {self.model}** ({self.case.name}, {self.record_steps} of {self.denoising_steps} "
@@ -359,7 +362,7 @@ def profile(
 
         def listener(event: str, stage: str) -> None:
             # ProfilerStep#0 is prompt encoding; each denoising step and the VAE decode open the next one
-            if event == "begin" and (stage.startswith("unet_step_") or stage == "vae_decode"):
+            if event == "begin" and (stage.startswith(STEP_PREFIX) or stage == "vae_decode"):
                 prof.step()
 
         with StageTimer(pipe, device=device, ranges=True, listener=listener, sync=False) as timer:
@@ -413,7 +416,7 @@ def profile(
 class ProfileDiff:
     """Per-op and per-stage time deltas between two profiles (``after`` − ``before``), in ms.
 
-    UNet figures are per recorded denoising step, so profiles recorded with different
+    Denoiser figures are per recorded denoising step, so profiles recorded with different
     ``record_steps`` (or schedulers) compare fairly.
     """
 
@@ -427,8 +430,8 @@ def _stage_ms(prof: ProfileResult) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for span in prof.spans:
         out[_stage_group(span.stage)] += span.duration_us / 1e3
-    if "unet" in out:
-        out["unet"] /= prof.unet_steps
+    if "denoiser" in out:
+        out["denoiser"] /= prof.denoiser_steps
     return dict(out)
 
 
@@ -439,7 +442,7 @@ def _op_ms(prof: ProfileResult) -> dict[str, float]:
         if r.kind != "op":
             continue
         us = r.self_device_us if on_device else r.self_cpu_us
-        out[r.name] += us / 1e3 / (prof.unet_steps if r.stage.startswith("unet_step_") else 1)
+        out[r.name] += us / 1e3 / (prof.denoiser_steps if r.stage.startswith(STEP_PREFIX) else 1)
     return dict(out)
 
 

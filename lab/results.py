@@ -11,7 +11,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Record")
 
@@ -74,12 +74,16 @@ def save_image(image, path: str | os.PathLike) -> Path:
 class Record:
     """Mixin for result/config dataclasses: ``to_dict`` / ``from_dict`` / ``save`` / ``load``."""
 
+    # old field name -> new one: files written before a rename still load
+    renamed: ClassVar[dict[str, str]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         hints = typing.get_type_hints(cls)
+        data = {cls.renamed.get(k, k): v for k, v in data.items()}
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(data) - names
         if unknown:

@@ -24,10 +24,10 @@ def diagnose(bench, diagnosis=None) -> str:
     lines = [f"- **{top}** takes the largest share of one image here: "
              + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
              + f" of {case.latency.median:.3f} s ({case.case.steps} steps, "
-             f"{case.stages.unet_per_step * 1e3:.1f} ms per UNet step)."]
-    if shares.get("unet", 0) >= 0.5:
-        lines.append("- The denoising loop dominates, so cheaper UNet steps (precision, layout, compile) and fewer "
-                     "steps with a better scheduler are the levers to measure first.")
+             f"{case.stages.denoiser_per_step * 1e3:.1f} ms per denoiser step)."]
+    if shares.get("denoiser", 0) >= 0.5:
+        lines.append("- The denoising loop dominates, so cheaper denoiser steps (precision, layout, compile) and "
+                     "fewer steps with a better scheduler are the levers to measure first.")
     if diagnosis is not None:
         for f in diagnosis.findings[:3]:
             fix = f" Try: {', '.join(f'`{s}`' for s in f.suggest)}." if f.suggest else ""

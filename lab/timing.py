@@ -1,8 +1,9 @@
 """Attribute a pipeline call's wall time to stages, via hooks and the step callback.
 
-Stages: ``text_encoder`` (every text-encoder forward, both encoders for SDXL),
-``unet_step_{i}`` (from the first UNet forward of step 0, or the end of step i-1, to the end of
-scheduler step i, as reported by ``callback_on_step_end``), ``vae_decode`` (``vae.decode``) and
+Stages: ``text_encoder`` (every text-encoder forward: both encoders of SDXL, all three of SD3),
+``denoiser_step_{i}`` (from the first denoiser forward of step 0, or the end of step i-1, to the end of
+scheduler step i, as reported by ``callback_on_step_end``; the denoiser is the UNet or the transformer,
+``lab.denoiser``), ``vae_decode`` (``vae.decode``) and
 ``other`` (the rest of the measured total). Diffusers' source is never patched: forward hooks on
 the modules, the public step callback, and an instance-level wrapper of ``vae.decode`` that is
 removed on exit.
@@ -16,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import LabError
+from .denoiser import STEP_PREFIX, denoiser, step_stage, text_encoder_names
 from .env import synchronize
 from .results import Record
-
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -28,17 +28,19 @@ class StageTimes(Record):
 
     total: float
     text_encoder: float
-    unet_steps: list[float]
+    denoiser_steps: list[float]
     vae_decode: float
     other: float
 
+    renamed = {"unet_steps": "denoiser_steps"}
+
     @property
-    def unet(self) -> float:
-        return sum(self.unet_steps)
+    def denoiser(self) -> float:
+        return sum(self.denoiser_steps)
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``stage -> seconds``, one entry per denoising step."""
-        steps = {f"unet_step_{i}": s for i, s in enumerate(self.unet_steps)}
+        steps = {step_stage(i): s for i, s in enumerate(self.denoiser_steps)}
         return {"text_encoder": self.text_encoder, **steps, "vae_decode": self.vae_decode, "other": self.other}
 
 
@@ -99,17 +101,17 @@ class StageTimer:
     def _text_post(self, module, args, output):
         self._acc["text_encoder"] = self._acc.get("text_encoder", 0.0) + self._end("text_encoder")
 
-    def _unet_pre(self, module, args, kwargs=None):
-        if not any(s.startswith("unet_step_") for s in self._open):
-            self._begin(f"unet_step_{len(self._steps)}")
+    def _denoiser_pre(self, module, args, kwargs=None):
+        if not any(s.startswith(STEP_PREFIX) for s in self._open):
+            self._begin(step_stage(len(self._steps)))
 
     def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         """``callback_on_step_end`` for the pipeline call: closes step ``step``, opens the next."""
-        stage = f"unet_step_{len(self._steps)}"
+        stage = step_stage(len(self._steps))
         if stage in self._open:
             self._steps.append(self._end(stage))
         if step + 1 < getattr(pipe, "num_timesteps", 0):
-            self._begin(f"unet_step_{len(self._steps)}")
+            self._begin(step_stage(len(self._steps)))
         return callback_kwargs
 
     def _wrap_vae_decode(self) -> None:
@@ -135,13 +137,12 @@ class StageTimer:
                 f"stage timing needs a pipeline whose __call__ takes callback_on_step_end; "
                 f"{type(self.pipe).__name__} does not."
             )
-        for name in TEXT_ENCODERS:
-            module = getattr(self.pipe, name, None)
-            if module is not None:
-                # pre-hooks go first and post-hooks last, so other hooks are timed inside the stage
-                self._handles.append(module.register_forward_pre_hook(self._text_pre, prepend=True))
-                self._handles.append(module.register_forward_hook(self._text_post))
-        self._handles.append(self.pipe.unet.register_forward_pre_hook(self._unet_pre, prepend=True))
+        for name in text_encoder_names(self.pipe):
+            module = getattr(self.pipe, name)
+            # pre-hooks go first and post-hooks last, so other hooks are timed inside the stage
+            self._handles.append(module.register_forward_pre_hook(self._text_pre, prepend=True))
+            self._handles.append(module.register_forward_hook(self._text_post))
+        self._handles.append(denoiser(self.pipe).register_forward_pre_hook(self._denoiser_pre, prepend=True))
         if getattr(self.pipe, "vae", None) is not None:
             self._wrap_vae_decode()
         return self
@@ -158,7 +159,7 @@ class StageTimer:
     def _close_open(self) -> None:
         for stage in list(self._open):
             elapsed = self._end(stage)
-            if stage.startswith("unet_step_"):
+            if stage.startswith(STEP_PREFIX):
                 self._steps.append(elapsed)
 
     def measure(self, call: Callable[..., Any], **kwargs) -> tuple[Any, StageTimes]:
@@ -182,7 +183,7 @@ class StageTimer:
         times = StageTimes(
             total=total,
             text_encoder=text,
-            unet_steps=list(self._steps),
+            denoiser_steps=list(self._steps),
             vae_decode=vae,
             other=total - text - sum(self._steps) - vae,
         )

@@ -138,7 +138,7 @@ class Workbench:
             self.progress.value += 1
             results[label] = res
             row = {"recipe": label, "steps": c.case.steps, "median_s": c.latency.median, "iqr_s": c.latency.iqr,
-                   "unet_s": c.stages.unet, "vae_decode_s": c.stages.vae_decode, "peak_rss_mb": c.peak_rss_mb}
+                   "denoiser_s": c.stages.denoiser, "vae_decode_s": c.stages.vae_decode, "peak_rss_mb": c.peak_rss_mb}
             if is_shape_caption(case.prompt):
                 row["adherence"] = adherence(images[label], case.prompt).overall
             rows.append(row)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .benchmarking import BenchmarkResult
 from .cases import Case
+from .denoiser import kind_of
 from .diagnosis import Diagnosis, Thresholds
 from .flops import FlopsReport, Peak
 from .profiling import ProfileResult
@@ -94,7 +95,7 @@ def diagnose_run(model: str, case: Case, *, out: str | os.PathLike = "runs/diagn
                              peak=(peaks or {}).get(matmul_dtype(pipe)))
     artifacts["flops"] = str(run.flops.save(out / "flops.json"))
     plots.plot_utilisation(run.flops, path=out / "utilisation.png")
-    run.diagnosis = diagnose(bench, profile=prof, flops=run.flops, thresholds=thresholds)
+    run.diagnosis = diagnose(bench, profile=prof, flops=run.flops, thresholds=thresholds, kind=kind_of(pipe))
     artifacts["diagnosis"] = str(run.diagnosis.save(out / "diagnosis.json"))
     atomic_write_text(out / "diagnosis.md", run.diagnosis.to_markdown() + "\n")
     artifacts["diagnosis_md"] = str(out / "diagnosis.md")

@@ -248,15 +248,15 @@ def test_hardware_plan_decides_with_reasons(caplog):
 
     with caplog.at_level(logging.INFO, logger="lab.hardware"):
         cpu = lab.hardware_plan(RecipeEnv("cpu", cpu_flags=("amx_bf16",)))
-    assert cpu.precision == "bf16" and cpu.compile_mode == "default" and "compile-unet" in cpu.recipe
+    assert cpu.precision == "bf16" and cpu.compile_mode == "default" and "compile-denoiser" in cpu.recipe
     assert any("hardware plan" in r.message for r in caplog.records)
     old_cpu = lab.hardware_plan(RecipeEnv("cpu", cpu_flags=("avx2",)))
     assert old_cpu.precision == "fp32"
     h100 = lab.hardware_plan(RecipeEnv("cuda", cuda_capability=(9, 0), cuda_memory_gb=80))
     assert h100.precision == "bf16" and h100.compile_mode == "reduce-overhead" and "tf32" in h100.recipe
-    assert "compile-unet-reduce-overhead" in h100.recipe and any("first call" in c for c in h100.costs)
+    assert "compile-denoiser-reduce-overhead" in h100.recipe and any("first call" in c for c in h100.costs)
     tuned = lab.hardware_plan(RecipeEnv("cuda", cuda_capability=(9, 0), cuda_memory_gb=80), max_autotune=True)
-    assert "compile-unet-max-autotune" in tuned.recipe and any("4 min" in c for c in tuned.costs)
+    assert "compile-denoiser-max-autotune" in tuned.recipe and any("4 min" in c for c in tuned.costs)
     t4 = lab.hardware_plan(RecipeEnv("cuda", cuda_capability=(7, 5), cuda_memory_gb=16))
     assert t4.precision == "fp16" and "tf32" not in t4.recipe
     small = lab.hardware_plan(RecipeEnv("cuda", cuda_capability=(8, 6), cuda_memory_gb=8), model_gb=7.0)

@@ -24,8 +24,8 @@ def test_result_holds_statistics_per_case(result):
         assert c.first_call_s > 0 and c.images_per_s == pytest.approx(1 / lat.median)
         assert c.peak_rss_mb > 50 and c.cpu_percent > 0
         assert c.peak_cuda_allocated_mb is None  # CPU run
-        assert len(c.stages.steps) == len(c.runs[0].unet_steps)
-        assert c.stages.unet > c.stages.text_encoder
+        assert len(c.stages.steps) == len(c.runs[0].denoiser_steps)
+        assert c.stages.denoiser > c.stages.text_encoder
         assert c.error is None
 
 
@@ -47,7 +47,7 @@ def test_json_roundtrip_is_exact(result, tmp_path):
 def test_frame_and_markdown(result):
     frame = result.to_frame()
     assert list(frame.index) == ["one", "two"]
-    assert {"median_s", "iqr_s", "unet_s", "vae_decode_s", "peak_rss_mb"} <= set(frame.columns)
+    assert {"median_s", "iqr_s", "denoiser_s", "vae_decode_s", "peak_rss_mb"} <= set(frame.columns)
     text = result.to_markdown()
     assert "| one" in text and "median_s" in text
 

@@ -31,7 +31,7 @@ def test_ladder_smoke(tmp_path):
     ok = [r for r in rungs if r.status == "ok"]
     assert len(ok) >= 7, [(r.label, r.status, r.error) for r in rungs]
     # utilisation is a share of the measured peak, or None (flagged in the notes) when a rung beats the peak
-    assert all(r.unet_tflops > 0 and (r.utilisation_pct is None or 0 < r.utilisation_pct <= 100) for r in ok)
+    assert all(r.denoiser_tflops > 0 and (r.utilisation_pct is None or 0 < r.utilisation_pct <= 100) for r in ok)
     assert all(r.utilisation_pct is not None for r in ok) or any("peak unreliable" in n for n in result.notes)
     assert ok[0].fidelity_cosine == pytest.approx(1.0)  # fp32 against itself
     assert all(0.9 < r.fidelity_cosine <= 1.0 + 1e-9 for r in ok if not r.fewer_steps)
@@ -40,12 +40,12 @@ def test_ladder_smoke(tmp_path):
 
 
 def test_ladder_rungs_on_cuda_use_cuda_graphs_and_skip_fused_qkv_with_quanto_activations():
-    ladder = dict(lab.ladder.rungs("fp16", 30, "compile-unet-reduce-overhead", fp8=True))
-    assert ladder["+ compile"] == "fp16+sdpa+channels-last+compile-unet-reduce-overhead"
+    ladder = dict(lab.ladder.rungs("fp16", 30, "compile-denoiser-reduce-overhead", fp8=True))
+    assert ladder["+ compile"] == "fp16+sdpa+channels-last+compile-denoiser-reduce-overhead"
     assert ladder["float8 (torchao) on the compile rung, bf16"] == \
-        "bf16+sdpa+channels-last+compile-unet-reduce-overhead+torchao-fp8dq"
+        "bf16+sdpa+channels-last+compile-denoiser-reduce-overhead+torchao-fp8dq"
     w8a8 = ladder["int8 weights + activations (no fused QKV)"]
-    assert "fused-qkv" not in w8a8 and "quanto-unet-int8w-int8a" in w8a8
+    assert "fused-qkv" not in w8a8 and "quanto-denoiser-int8w-int8a" in w8a8
     for recipe in ladder.values():
         lab.recipes.parse(recipe)
 

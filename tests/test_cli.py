@@ -82,7 +82,7 @@ def test_diagnose_writes_every_artifact(tmp_path):
     for name in ("stages.png", "resources.png", "utilisation.png", "trace.json.gz", "diagnosis.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert ProfileResult.load(tmp_path / "profile.json").record_steps == 2
-    assert FlopsReport.load(tmp_path / "flops.json").stage("unet").flops > 0
+    assert FlopsReport.load(tmp_path / "flops.json").stage("denoiser").flops > 0
     assert isinstance(Diagnosis.load(tmp_path / "diagnosis.json").findings, list)
     assert list((tmp_path / "tensorboard" / "tiny-red-circle-blue-circle-black").glob("*.pt.trace.json"))
     assert "tensorboard --logdir" in out.stdout and "| rule" in out.stdout

@@ -39,9 +39,9 @@ def _profile(device="cpu", ops=(("aten::mkldnn_convolution", 100.0), ("aten::add
 
 def _flops(utilisation):
     peak = Peak("cpu", "fp32", 1e11, 1024, 0.02)
-    stages = [StageFlops("unet", 10, 1.0, (utilisation or 200.0) * 1e9, utilisation)]
-    return FlopsReport(model="m", case=lab.Case("a"), peak=peak, stages=stages, unet_step_flops=1,
-                       unet_step_flops_analytic=1)
+    stages = [StageFlops("denoiser", 10, 1.0, (utilisation or 200.0) * 1e9, utilisation)]
+    return FlopsReport(model="m", case=lab.Case("a"), peak=peak, stages=stages, step_flops=1,
+                       step_flops_analytic=1)
 
 
 def test_a_healthy_run_has_no_findings():
@@ -59,7 +59,7 @@ def test_a_healthy_run_has_no_findings():
         ({"device": "cuda", "cuda_peak": 250.0, "cpu": 30.0}, "memory-over-weights"),
         ({"device": "cuda", "cuda_peak": 150.0, "cpu": 80.0}, "cpu-bound-host"),
         ({"stages": (0.05, 0.5, 0.2, 0.25)}, "pre-post-overhead"),
-        ({"stages": (0.02, 0.8, 0.15, 0.03)}, "unet-dominates"),
+        ({"stages": (0.02, 0.8, 0.15, 0.03)}, "denoiser-dominates"),
         ({"stages": (0.05, 0.45, 0.45, 0.05)}, "vae-decode-heavy"),
         ({"first": 3.0}, "first-call-gap"),
         ({"repeats": 3}, "text-encoder-recomputed"),
@@ -74,7 +74,7 @@ def test_each_benchmark_rule_fires_on_its_trigger(kwargs, rule):
     assert finding.evidence and finding.suggest == (SUGGESTIONS_CUDA.get(rule, SUGGESTIONS[rule]) if on_cuda
                                                     else SUGGESTIONS[rule])
     others = set(d.rules) - {rule}
-    assert not others - {"unet-dominates"}, others  # nothing else fires on the same healthy base
+    assert not others - {"denoiser-dominates"}, others  # nothing else fires on the same healthy base
 
 
 def test_quality_rule():

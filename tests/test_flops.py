@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lab
-from lab.flops import analytic_unet_step_flops, flop_counter, flops_report, measure_peak, unet_step_flops
+from lab.flops import analytic_step_flops, flop_counter, flops_report, measure_peak, step_flops
 from lab.models import build_embedded
 
 
@@ -31,23 +31,23 @@ def sd15():
     return build_embedded("sd15-arch", empty=True)
 
 
-def test_sd15_unet_step_flops_match_the_published_figure(sd15):
-    counted = unet_step_flops(sd15, 512, 512, batch=2)
+def test_sd15_step_flops_match_the_published_figure(sd15):
+    counted = step_flops(sd15, 512, 512, batch=2)
     assert 1.35e12 * 0.9 <= counted["total"] <= 1.7e12 * 1.1
     without_attention = counted["total"] - counted["bmm"]
     assert without_attention == pytest.approx(1.35e12, rel=0.1)
 
 
 def test_two_counts_agree(sd15):
-    counted = unet_step_flops(sd15, 256, 256, batch=2)["total"]
-    analytic = analytic_unet_step_flops(sd15, 256, 256, batch=2)
+    counted = step_flops(sd15, 256, 256, batch=2)["total"]
+    analytic = analytic_step_flops(sd15, 256, 256, batch=2)
     assert analytic["total"] == pytest.approx(counted, rel=0.01)
     assert analytic["attention"] > 0 and analytic["conv"] > 0 and analytic["linear"] > 0
 
 
 def test_sdxl_inputs_are_built_for_text_time_conditioning():
     pipe = build_embedded("tiny-sdxl", empty=True)
-    assert unet_step_flops(pipe, 64, 64)["total"] == pytest.approx(analytic_unet_step_flops(pipe, 64, 64)["total"],
+    assert step_flops(pipe, 64, 64)["total"] == pytest.approx(analytic_step_flops(pipe, 64, 64)["total"],
                                                                    rel=0.01)
 
 
@@ -81,9 +81,9 @@ def test_utilisation_is_never_reported_above_the_peak(tiny_pipe):
 def test_flops_report_per_stage(tiny_pipe):
     case = lab.Case("a red circle", steps=3)
     report = flops_report(tiny_pipe, case, peak=measure_peak("cpu", "fp32", sizes=(256,), min_time=0.05))
-    unet = report.stage("unet")
+    unet = report.stage("denoiser")
     steps = tiny_pipe.num_timesteps
-    assert unet.flops == pytest.approx(steps * report.unet_step_flops, rel=1e-6)  # counted run = meta count
+    assert unet.flops == pytest.approx(steps * report.step_flops, rel=1e-6)  # counted run = meta count
     assert report.stage("vae_decode").flops > 0 and report.stage("text_encoder").flops > 0
     assert unet.utilisation_pct is None or 0 < unet.utilisation_pct <= 100
     assert report.stage("total").flops == sum(s.flops for s in report.stages if s.stage != "total")

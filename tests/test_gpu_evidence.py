@@ -28,24 +28,24 @@ def test_recorded_results_load_into_todays_records(recorded):
     bench, prof, flops = recorded
     assert bench.device.startswith("cuda") and prof.device.startswith("cuda") and flops.peak.dtype == "fp16"
     # each range was recorded twice (host range, then its GPU annotation): split, not double-counted
-    assert [s.stage for s in prof.spans].count("unet_step_0") == 1
-    assert [s.stage for s in prof.device_spans].count("unet_step_0") == 1
+    assert [s.stage for s in prof.spans].count("denoiser_step_0") == 1
+    assert [s.stage for s in prof.device_spans].count("denoiser_step_0") == 1
     assert prof.stages()["share"].sum() == pytest.approx(1.0)
 
 
 def test_ops_and_kernels_are_kept_apart(recorded):
     _, prof, _ = recorded
-    ops = prof.ops(stage="unet", top=None)
+    ops = prof.ops(stage="denoiser", top=None)
     assert all(name.startswith("aten::") for name in ops.index), list(ops.index)
     assert ops.index[0] == "aten::cudnn_convolution" and "self_device_ms" in ops.columns
-    kernels = prof.kernels(stage="unet", top=None)
+    kernels = prof.kernels(stage="denoiser", top=None)
     assert len(kernels) > 10 and max(len(k) for k in kernels.index) <= 60
     assert "nchwToNhwcKernel" in kernels.index and "RowwiseMomentsCUDAKernel" in kernels.index
     assert not any(k.startswith(("void", "aten::", "cuda")) or "<" in k for k in kernels.index)
-    full = prof.kernels(stage="unet", top=3, full=True)
+    full = prof.kernels(stage="denoiser", top=3, full=True)
     assert all(len(n) > 0 for names in full["names"] for n in names)
     # kernel time per step equals the sum of the kernel rows of the two recorded steps
-    rows = [r for r in prof.op_records if r.kind == "kernel" and r.stage.startswith("unet_step_")]
+    rows = [r for r in prof.op_records if r.kind == "kernel" and r.stage.startswith("denoiser_step_")]
     assert kernels["device_ms"].sum() == pytest.approx(sum(r.self_device_us for r in rows) / 1e3, abs=0.01)
 
 
@@ -75,25 +75,25 @@ def test_only_the_pipelines_own_synchronisations_count(recorded):
     _, prof, _ = recorded
     # per step the trace holds 3 cudaStreamSynchronize (the pipeline's .item()) and 1 cudaDeviceSynchronize
     # (lab's stage timer): 10 were reported when aten::item and its _local_scalar_dense were counted too
-    assert prof.syncs()["unet_step_0"] == 3 and prof.syncs()["unet_step_1"] == 3
+    assert prof.syncs()["denoiser_step_0"] == 3 and prof.syncs()["denoiser_step_1"] == 3
 
 
 def test_launch_bound_names_cuda_graphs_first(recorded):
     bench, prof, flops = recorded
     busy = prof.device_busy()
-    assert busy["unet_step_0"] == pytest.approx(0.1855, abs=0.002)  # 12.3 ms of kernels in a 66 ms step
+    assert busy["denoiser_step_0"] == pytest.approx(0.1855, abs=0.002)  # 12.3 ms of kernels in a 66 ms step
     d = lab.diagnose(bench, profile=prof, flops=flops)
     first = d.findings[0]
-    assert first.rule == "launch-bound" and first.suggest[0] == "compile-unet-reduce-overhead"
+    assert first.rule == "launch-bound" and first.suggest[0] == "compile-denoiser-reduce-overhead"
     assert first.evidence["host_cpu_percent"] == pytest.approx(125.1, abs=0.1)
     sync = next(f for f in d.findings if f.rule == "host-device-sync")
     assert sync.evidence["syncs_per_step"] == 3.0
-    assert next(f for f in d.findings if f.rule == "cpu-bound-host").suggest[0] == "compile-unet-reduce-overhead"
+    assert next(f for f in d.findings if f.rule == "cpu-bound-host").suggest[0] == "compile-denoiser-reduce-overhead"
 
 
 def test_utilisation_against_the_right_peak(recorded):
     _, _, flops = recorded
-    unet = flops.stage("unet")
+    unet = flops.stage("denoiser")
     under_read = Peak("cuda:0", "fp16", 344e12, 2048, 1.0)
     right = Peak("cuda:0", "fp16", 740e12, 8192, 1.0)
     assert utilisation(unet.achieved_flops_per_s, right) == pytest.approx(6.47, abs=0.01)
@@ -111,11 +111,11 @@ def test_recorded_trace_is_a_chrome_trace():
 
 def test_h100_advice_follows_the_evidence():
     plan = lab.hardware_plan(H100)
-    assert "compile-unet-reduce-overhead" in plan.recipe and "max-autotune" not in plan.recipe
+    assert "compile-denoiser-reduce-overhead" in plan.recipe and "max-autotune" not in plan.recipe
     assert any("70-90 s" in c for c in plan.costs)
-    assert "compile-unet-reduce-overhead" in lab.preset("expert", H100)
+    assert "compile-denoiser-reduce-overhead" in lab.preset("expert", H100)
     rec = lab.recommend(H100, "speed")
-    assert "compile-unet-reduce-overhead" in rec.recipe and "autotune" not in rec.recipe
+    assert "compile-denoiser-reduce-overhead" in rec.recipe and "autotune" not in rec.recipe
     assert any("first call" in r for r in rec.reasons)
     for recipe in (plan.recipe, rec.recipe, lab.preset("expert", H100)):
         assert not lab.recipes.parse(recipe).check(H100)

@@ -157,7 +157,7 @@ def test_benchmark_table_is_narrow_by_default(tiny_pipe):
                            progress=False)
     narrow = result.to_markdown()
     header = next(line for line in narrow.splitlines() if line.startswith("| case"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["case", "steps", "median_s", "iqr_s", "unet_step_ms",
+    assert [c.strip() for c in header.strip("|").split("|")] == ["case", "steps", "median_s", "iqr_s", "denoiser_step_ms",
                                                                  "peak_rss_mb", "images_per_s"]
     assert "text_encoder_s" in result.to_markdown(full=True) and "text_encoder_s" in result.to_frame()
 

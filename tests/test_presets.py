@@ -33,14 +33,14 @@ def test_precision_follows_the_hardware():
 
 def test_recommender_walks_the_decision_tree():
     small = recommend(GPU_SMALL, "speed")
-    assert "quanto-unet-int4w" in small.recipe and "model-cpu-offload" in small.recipe
+    assert "quanto-denoiser-int4w" in small.recipe and "model-cpu-offload" in small.recipe
     assert any("consumer" in r for r in small.reasons)
     big = recommend(GPU_BIG, "speed")
-    assert "compile-unet-reduce-overhead" in big.recipe and "quanto" not in big.recipe and "autotune" not in big.recipe
+    assert "compile-denoiser-reduce-overhead" in big.recipe and "quanto" not in big.recipe and "autotune" not in big.recipe
     cpu = recommend(CPU_AMX, "quality")
     assert cpu.recipe.startswith("bf16") and "compile" not in cpu.recipe and "steps" not in cpu.recipe
     assert "steps-12" in recommend(CPU_AMX, "speed").recipe
-    assert "quanto-unet-int8w" in recommend(CPU_OLD, "balance", memory_budget=2).recipe
+    assert "quanto-denoiser-int8w" in recommend(CPU_OLD, "balance", memory_budget=2).recipe
     assert "recommended:" in str(cpu)
     for env in (GPU_SMALL, GPU_BIG, CPU_AMX, CPU_OLD):
         for priority in ("quality", "balance", "speed"):

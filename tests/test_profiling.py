@@ -13,7 +13,7 @@ import lab
 from lab.profiling import ProfileResult, profile
 
 # PNDM runs one extra UNet evaluation: a 2-step profiled call holds three denoising ranges
-RANGES = {"lab:text_encoder", "lab:unet_step_0", "lab:unet_step_1", "lab:unet_step_2", "lab:vae_decode"}
+RANGES = {"lab:text_encoder", "lab:denoiser_step_0", "lab:denoiser_step_1", "lab:denoiser_step_2", "lab:vae_decode"}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_trace_parses_and_holds_only_the_recorded_steps(result):
     trace = json.loads(open(result.trace_path).read())
     assert _range_names(trace) == RANGES  # the profiled call ran 2 of the case's 6 steps
     assert result.trace_bytes == len(open(result.trace_path, "rb").read())
-    assert result.denoising_steps == 6 and result.record_steps == 2 and result.unet_steps == 3  # PNDM: + 1
+    assert result.denoising_steps == 6 and result.record_steps == 2 and result.denoiser_steps == 3  # PNDM: + 1
 
 
 def test_steps_are_marked_for_trace_tools_with_no_gap(result):
@@ -38,19 +38,19 @@ def test_steps_are_marked_for_trace_tools_with_no_gap(result):
     steps = sorted((e for e in trace["traceEvents"] if str(e.get("name", "")).startswith("ProfilerStep#")),
                    key=lambda e: e["ts"])
     # ProfilerStep#0 is prompt encoding, then one per denoising step, then the VAE decode
-    assert [e["name"] for e in steps] == [f"ProfilerStep#{i}" for i in range(result.unet_steps + 2)]
+    assert [e["name"] for e in steps] == [f"ProfilerStep#{i}" for i in range(result.denoiser_steps + 2)]
     for before, after in zip(steps, steps[1:]):  # back to back: no unrecorded stretch between steps
         assert after["ts"] - (before["ts"] + before["dur"]) < 0.05 * before["dur"] + 1000
     ranges = {e["name"]: e for e in trace["traceEvents"] if str(e.get("name", "")).startswith("lab:")}
-    assert ranges["lab:vae_decode"]["ts"] - (ranges["lab:unet_step_2"]["ts"] + ranges["lab:unet_step_2"]["dur"]) \
-        < 0.1 * ranges["lab:unet_step_2"]["dur"]
+    assert ranges["lab:vae_decode"]["ts"] - (ranges["lab:denoiser_step_2"]["ts"] + ranges["lab:denoiser_step_2"]["dur"]) \
+        < 0.1 * ranges["lab:denoiser_step_2"]["dur"]
 
 
 def test_holistic_trace_analysis_reads_the_steps(result, tmp_path):
     hta = pytest.importorskip("hta.trace_analysis", reason="holistictraceanalysis is a test dependency")
     analysis = hta.TraceAnalysis(trace_dir=str(Path(result.trace_path).parent))
     steps = [int(s) for s in analysis.get_profiler_steps()]
-    assert steps[:result.unet_steps + 1] == list(range(result.unet_steps + 1))
+    assert steps[:result.denoiser_steps + 1] == list(range(result.denoiser_steps + 1))
 
 
 def test_profiler_chatter_is_kept_off_stderr(tiny_pipe, tmp_path, capfd):
@@ -70,7 +70,7 @@ def test_gzip_and_plain_exports(result, tmp_path):
 
 def test_stage_table_comes_from_the_ranges(result):
     stages = result.stages()
-    assert list(stages.index) == ["text_encoder", "unet_step_0", "unet_step_1", "unet_step_2", "vae_decode"]
+    assert list(stages.index) == ["text_encoder", "denoiser_step_0", "denoiser_step_1", "denoiser_step_2", "vae_decode"]
     assert (stages["ms"] > 0).all() and stages["share"].sum() == pytest.approx(1.0)
 
 
@@ -86,7 +86,7 @@ def test_op_tables(result):
             "stage_share"} <= set(top.columns)
     assert all("\n" not in s for s in top["input_shapes"])  # one line per op
     assert result.kernels().empty  # a CPU trace has no device kernels
-    unet = result.ops(stage="unet", top=None, full=True)
+    unet = result.ops(stage="denoiser", top=None, full=True)
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in unet.index  # attention runs in the UNet
     assert unet["stage_share"].sum() <= 1.0 + 1e-6  # self times within the stage never exceed it
     assert "aten::embedding" in result.ops(stage="text_encoder", top=None).index

@@ -3,6 +3,7 @@ import pytest
 
 import lab
 from lab import recipes
+from lab.denoiser import model_kind
 from lab.diagnosis import SUGGESTIONS
 from lab.models import weight_bytes
 from lab.env import RecipeEnv
@@ -12,6 +13,9 @@ from .conftest import generate
 
 CPU = RecipeEnv.detect("cpu")
 COMPILE = {n for n in recipes.names() if n.startswith("compile-")}
+TINY = model_kind("tiny")
+# the older "unet" spelling of a recipe that also has a "denoiser" one: the same technique, tested once below
+UNET_TWINS = {n for n in recipes.names() if "unet" in n and n.replace("unet", "denoiser") in recipes.names()}
 
 
 def test_catalog_lists_every_recipe_with_its_needs():
@@ -35,10 +39,10 @@ def test_every_suggested_recipe_exists():
             assert recipes.get(name).name == name, (rule, name)
 
 
-@pytest.mark.parametrize("name", sorted(set(recipes.names()) - COMPILE))
+@pytest.mark.parametrize("name", sorted(set(recipes.names()) - COMPILE - UNET_TWINS))
 def test_every_recipe_applies_to_tiny_or_says_why_not(name):
     recipe = recipes.get(name)
-    reason = recipe.check(CPU)
+    reason = recipe.check(CPU) or recipe.fits(TINY)
     if reason:
         assert isinstance(reason, str) and len(reason) > 15
         return
@@ -48,8 +52,18 @@ def test_every_recipe_applies_to_tiny_or_says_why_not(name):
     assert generate(pipe, steps=2).shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("name", ["bf16-unet", "quanto-unet-int8w", "compile-unet-regional"])
+def test_unet_spellings_are_their_denoiser_twins_on_a_unet_model(name):
+    twin = recipes.get(name.replace("unet", "denoiser"))
+    recipe = recipes.get(name)
+    assert recipe.slots == twin.slots and recipe.fits(TINY) is None and recipe.apply_fn is not None
+    if recipe.check(CPU) is None and "compile" not in name:
+        images = [generate(parse(n).apply(lab.load_pipeline("tiny", device="cpu"))) for n in (name, twin.name)]
+        assert np.array_equal(*images)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(n for n in COMPILE if recipes.get(n).check(CPU) is None))
+@pytest.mark.parametrize("name", sorted(n for n in COMPILE - UNET_TWINS if recipes.get(n).check(CPU) is None))
 def test_compile_recipes_apply_to_tiny(name):
     pipe = lab.load_pipeline("tiny", device="cpu")
     recipes.get(name).apply(pipe)
@@ -70,6 +84,7 @@ def test_quanto_int8_cuts_unet_weight_bytes():
     parse("quanto-unet-int8w").apply(pipe)
     after = weight_bytes(pipe)
     assert before["unet"] / after["unet"] >= 3.5
+    assert weight_bytes(parse("quanto-denoiser-int8w").apply(lab.load_pipeline("tiny", device="cpu"))) == after
     assert after["vae"] == before["vae"] and after["text_encoder"] == before["text_encoder"]
 
 
@@ -107,7 +122,8 @@ def test_application_order_is_fixed():
     [
         ("bf16+sdpa+quanto-unet-int8", "unknown recipe 'quanto-unet-int8'.*quanto-unet-int8w"),
         ("bf16+fp16", "cannot combine 'bf16' and 'fp16': both set dtype:text_encoder"),
-        ("bf16+fp16-unet", "both set dtype:unet"),
+        ("bf16+fp16-unet", "both set dtype:denoiser"),
+        ("quanto-unet-int8w+quanto-denoiser-int4w", "both set quant:denoiser"),
         ("sequential-cpu-offload+compile-unet", "cannot be traced|cannot trace"),
         ("fused-qkv+attention-slicing", "fused SDPA"),
         ("sdpa+math-attention", "both set attention"),

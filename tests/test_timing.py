@@ -23,9 +23,9 @@ def test_stages_add_up_to_the_measured_total(model):
     _measure(pipe)  # warm-up
     runs = [_measure(pipe) for _ in range(3)]
     for t in runs:
-        assert t.text_encoder > 0 and t.vae_decode > 0 and all(s > 0 for s in t.unet_steps)
-        assert len(t.unet_steps) == pipe.num_timesteps
-        named = t.text_encoder + t.unet + t.vae_decode
+        assert t.text_encoder > 0 and t.vae_decode > 0 and all(s > 0 for s in t.denoiser_steps)
+        assert len(t.denoiser_steps) == pipe.num_timesteps
+        named = t.text_encoder + t.denoiser + t.vae_decode
         assert named <= t.total  # stages never overlap
         assert sum(t.as_dict().values()) == pytest.approx(t.total, rel=1e-9)
     # what the hooks attribute covers the call: the unattributed rest is under 5% of the total
@@ -43,7 +43,7 @@ def test_timer_puts_known_sleeps_in_their_stages(tiny_pipe):
     finally:
         for handle in handles:
             handle.remove()
-    assert all(s >= sleeps["unet"] for s in times.unet_steps)
+    assert all(s >= sleeps["unet"] for s in times.denoiser_steps)
     assert times.text_encoder >= 2 * sleeps["text_encoder"]  # prompt and the empty prompt of CFG
     assert times.vae_decode >= sleeps["vae"]
 
@@ -72,4 +72,4 @@ def test_ranges_appear_in_a_profiler_trace(tiny_pipe):
         with StageTimer(tiny_pipe, ranges=True) as timer:
             timer.measure(tiny_pipe, prompt="x", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     names = {e.name for e in prof.events()}
-    assert {"lab:text_encoder", "lab:unet_step_0", "lab:unet_step_1", "lab:vae_decode"} <= names
+    assert {"lab:text_encoder", "lab:denoiser_step_0", "lab:denoiser_step_1", "lab:vae_decode"} <= names

@@ -97,7 +97,7 @@ def test_trace_diff_of_a_profile_with_itself_is_zero(tiny_pipe, tmp_path):
     prof = profile(tiny_pipe, lab.Case("x", steps=3), record_steps=2, out_dir=tmp_path)
     diff = diff_profiles(prof, prof)
     assert (diff.ops["delta_ms"] == 0).all() and (diff.stages["delta_ms"] == 0).all()
-    assert {"text_encoder", "unet", "vae_decode"} <= set(diff.stages.index)
+    assert {"text_encoder", "denoiser", "vae_decode"} <= set(diff.stages.index)
     assert plots.plot_trace_diff(diff).axes[0].get_xlabel().startswith("Δ self time")
 
 

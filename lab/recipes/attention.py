@@ -1,38 +1,68 @@
-"""Attention recipes: the attention processor (SDPA, plain math, slicing, xFormers) and fused QKV projections."""
+"""Attention recipes: the attention computation (SDPA, plain math, slicing, xFormers) and fused QKV projections.
+
+A UNet and the VAE take diffusers attention *processors*; a transformer denoiser (Flux, SD3) takes an attention
+*backend* of diffusers' dispatcher (``set_attention_backend``), which its processors call. ``sdpa`` and
+``math-attention`` set whichever the component takes.
+"""
 
 from __future__ import annotations
 
-from .base import Recipe, all_of, needs_cuda, needs_package
+from .base import Recipe, all_of, needs_cuda, needs_denoiser, needs_package
+
+BACKENDS = {"sdpa": "native", "math": "_native_math"}  # diffusers' dispatcher names
 
 
 def _processor(kind: str):
     def apply(pipe, cases):
         from diffusers.models import attention_processor as ap
 
+        from .._quiet import quiet_diffusers
+        from ..denoiser import denoiser, denoiser_name
+
         proc = {"sdpa": ap.AttnProcessor2_0, "math": ap.AttnProcessor}[kind]
-        for name in ("unet", "vae"):
-            module = getattr(pipe, name, None)
-            if module is not None and hasattr(module, "set_attn_processor"):
-                module.set_attn_processor(proc())
+        if denoiser_name(pipe) == "transformer":
+            with quiet_diffusers():  # "attention backends are an experimental feature"
+                denoiser(pipe).set_attention_backend(BACKENDS[kind])
+        else:
+            pipe.unet.set_attn_processor(proc())
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and hasattr(vae, "set_attn_processor"):
+            vae.set_attn_processor(proc())
 
     return apply
 
 
+def _fuse_qkv(pipe, cases):
+    from ..denoiser import denoiser
+
+    if hasattr(pipe, "fuse_qkv_projections"):  # SD pipelines: UNet and VAE, with the pipeline's own flags
+        pipe.fuse_qkv_projections()
+        return
+    denoiser(pipe).fuse_qkv_projections()
+    if getattr(pipe, "vae", None) is not None:
+        pipe.vae.fuse_qkv_projections()
+
+
+_UNET_ONLY = "diffusers slices (and xFormers-patches) only UNet/VAE attention processors, not a transformer's"
+
+
 def recipes() -> list[Recipe]:
     return [
-        Recipe("sdpa", "PyTorch scaled_dot_product_attention (diffusers' default)", "attention",
-               slots=("attention",), apply_fn=_processor("sdpa")),
-        Recipe("math-attention", "plain attention: explicit QK^T, softmax and AV matmuls", "attention",
-               slots=("attention",), apply_fn=_processor("math")),
+        Recipe("sdpa", "PyTorch scaled_dot_product_attention (diffusers' default; the 'native' backend on a "
+               "transformer)", "attention", slots=("attention",), apply_fn=_processor("sdpa")),
+        Recipe("math-attention", "plain attention: explicit QK^T, softmax and AV matmuls (the '_native_math' "
+               "backend on a transformer)", "attention", slots=("attention",), apply_fn=_processor("math")),
         Recipe("attention-slicing",
                "attention in slices: saves memory only against math attention (with SDPA: slower, no saving)",
-               "attention",
-               slots=("attention",), apply_fn=lambda pipe, cases: pipe.enable_attention_slicing("auto")),
+               "attention", slots=("attention",),
+               apply_fn=lambda pipe, cases: pipe.enable_attention_slicing("auto"),
+               fit_fn=needs_denoiser("unet", _UNET_ONLY)),
         Recipe("xformers", "xFormers memory-efficient attention", "attention", "CUDA, xformers",
                slots=("attention",), apply_fn=lambda pipe, cases: pipe.enable_xformers_memory_efficient_attention(),
-               check_fn=all_of(needs_package("xformers", "pip install xformers"), needs_cuda("xFormers"))),
-        Recipe("fused-qkv", "fused query/key/value projections in UNet and VAE attention", "fusion",
-               slots=("fusion",), apply_fn=lambda pipe, cases: pipe.fuse_qkv_projections()),
+               check_fn=all_of(needs_package("xformers", "pip install xformers"), needs_cuda("xFormers")),
+               fit_fn=needs_denoiser("unet", _UNET_ONLY)),
+        Recipe("fused-qkv", "fused query/key/value projections in the denoiser's and the VAE's attention", "fusion",
+               slots=("fusion",), apply_fn=_fuse_qkv),
     ]
 
 

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from .._checks import LabError
+from ..denoiser import ModelKind
 from ..env import RecipeEnv
 from . import attention, compile, layout, memory, precision, quantization, schedulers
 from .base import Recipe
@@ -51,6 +52,11 @@ class Plan:
         """Recipes that cannot apply here, with the reason (empty: all can)."""
         return {r.name: why for r in self.recipes if (why := r.check(env))}
 
+    def fits(self, kind: ModelKind) -> dict[str, str]:
+        """Recipes that cannot apply to a model of this kind (a component it lacks, a scheduler of the other
+        family, a UNet-only technique on a transformer), with the reason (empty: all can)."""
+        return {r.name: why for r in self.recipes if (why := r.fits(kind))}
+
     def apply(self, pipe, cases: Sequence | None = None):
         for recipe in self.recipes:
             recipe.apply(pipe, cases)
@@ -83,6 +89,26 @@ def parse(text: str) -> Plan:
                 raise LabError(f"cannot combine {a.name!r} and {b.name!r}: {why}")
     ordered = sorted(recipes, key=lambda rec: ORDER[rec.family])
     return Plan(text=text, recipes=tuple(ordered))
+
+
+def fit_to_model(parts: Sequence[str], kind: ModelKind | None) -> tuple[list[str], list[str]]:
+    """The recipe parts that can apply to a model of ``kind``, and one reason per part left out or swapped.
+
+    A preset or plan is written for hardware; on a transformer model its UNet-only parts (attention slicing, a
+    DDPM-style scheduler) are dropped with the reason, and fp16 becomes bf16 (FLUX.1 and SD3.5 overflow in fp16).
+    """
+    if kind is None:
+        return list(parts), []
+    kept, notes = [], []
+    for part in parts:
+        if part == "fp16" and kind.denoiser == "transformer":
+            kept.append("bf16")
+            notes.append(f"bf16 instead of fp16: {kind.pipeline}'s activations overflow fp16's range")
+        elif why := get(part).fits(kind):
+            notes.append(f"{part} left out: {why}")
+        else:
+            kept.append(part)
+    return kept, notes
 
 
 def catalog(env: RecipeEnv | None = None):

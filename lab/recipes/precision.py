@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..env import RecipeEnv
-from .base import COMPONENTS, Check, Recipe, needs_capability
+from .base import (COMPONENTS, PARTS, Check, Recipe, fits_component, modules_of, needs_capability, needs_unet,
+                   slot_component)
 
 
 def _cast_inputs(module, args, kwargs):
@@ -20,10 +21,9 @@ def _cast_inputs(module, args, kwargs):
     return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
-def _entry_modules(pipe, component: str):
+def _entry_modules(name: str, module):
     """Modules through which tensors enter a component (``vae.decode`` bypasses ``vae.forward``)."""
-    module = getattr(pipe, component)
-    if component == "vae":
+    if name == "vae":
         return [module.post_quant_conv, module.decoder, module.encoder, module.quant_conv]
     return [module]
 
@@ -32,9 +32,9 @@ def _hook_casts(pipe) -> None:
     """Make every component cast its floating inputs to its own dtype (once per pipeline)."""
     if getattr(pipe, "lab_cast_hooks", False):
         return
-    for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
-        if getattr(pipe, name, None) is not None:
-            for entry in _entry_modules(pipe, name):
+    for part in PARTS:
+        for name, module in modules_of(pipe, part):
+            for entry in _entry_modules(name, module):
                 if entry is not None:
                     entry.register_forward_pre_hook(_cast_inputs, with_kwargs=True)
     pipe.lab_cast_hooks = True
@@ -47,12 +47,10 @@ def _set_dtype(components: Sequence[str], dtype_name: str):
 
         dtype = torch_dtype(dtype_name)
         for comp in components:
-            for name in [comp] + ([f"{comp}_2"] if comp == "text_encoder" else []):
-                module = getattr(pipe, name, None)
-                if module is not None:
-                    with quiet_diffusers():
-                        module.to(dtype)
-        if len(components) < len(COMPONENTS):  # a mixed plan: tensors cross between dtypes
+            for _, module in modules_of(pipe, "denoiser" if comp == "unet" else comp):
+                with quiet_diffusers():
+                    module.to(dtype)
+        if len(components) < len(PARTS):  # a mixed plan: tensors cross between dtypes
             _hook_casts(pipe)
 
     return apply
@@ -78,14 +76,17 @@ def _tf32(pipe, cases):
 
 def recipes() -> list[Recipe]:
     out: list[Recipe] = []
-    all_dtype = tuple(f"dtype:{c}" for c in COMPONENTS.values())
+    all_dtype = tuple(f"dtype:{c}" for c in PARTS)
     for dt, label in (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16")):
         out.append(Recipe(dt, f"every component in {label}", "precision", slots=all_dtype,
-                          apply_fn=_set_dtype(list(COMPONENTS.values()), dt), check_fn=_precision_check(dt)))
+                          apply_fn=_set_dtype(PARTS, dt), check_fn=_precision_check(dt)))
         for short, comp in COMPONENTS.items():
-            out.append(Recipe(f"{dt}-{short}", f"{comp} in {label} (other components unchanged)", "precision",
-                              slots=(f"dtype:{comp}",), apply_fn=_set_dtype([comp], dt),
-                              check_fn=_precision_check(dt)))
+            name = f"{dt}-{short}"
+            what = "the denoiser (UNet or transformer)" if comp == "denoiser" else comp
+            out.append(Recipe(name, f"{what} in {label} (other components unchanged)", "precision",
+                              slots=(f"dtype:{slot_component(comp)}",), apply_fn=_set_dtype([comp], dt),
+                              check_fn=_precision_check(dt),
+                              fit_fn=needs_unet(name) if comp == "unet" else fits_component(comp)))
     out.append(Recipe("tf32", "TF32 tensor-core matmuls for fp32 work (process-wide switch)", "precision",
                       "CUDA >= sm80", slots=("tf32",), apply_fn=_tf32, check_fn=needs_capability((8, 0), "TF32")))
     return out

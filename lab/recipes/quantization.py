@@ -1,9 +1,10 @@
 """Quantization recipes: optimum-quanto per component (weights, optionally calibrated activations), torchao
-int8 weight-only and float8 dynamic, bitsandbytes 8-/4-bit."""
+int8 weight-only and float8 dynamic, bitsandbytes 8-/4-bit; ``denoiser`` names the UNet or the transformer."""
 
 from __future__ import annotations
 
-from .base import COMPONENTS, Recipe, all_of, needs_capability, needs_cuda, needs_package
+from .base import (COMPONENTS, Recipe, all_of, fits_component, modules_of, needs_capability, needs_cuda, needs_package,
+                   needs_unet, slot_component)
 
 QUANTO_WEIGHTS = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8"}
 QUANTO_ACTIVATIONS = {"int8": "qint8", "fp8": "qfloat8"}
@@ -21,20 +22,16 @@ def _quanto(component: str, weights: str, activations: str | None):
         import optimum.quanto as q
         import torch
 
-        names = [component] + ([f"{component}_2"] if component == "text_encoder" else [])
-        for name in names:
-            module = getattr(pipe, name, None)
-            if module is not None:
-                q.quantize(module, weights=getattr(q, QUANTO_WEIGHTS[weights]),
-                           activations=getattr(q, QUANTO_ACTIVATIONS[activations]) if activations else None)
+        modules = [m for _, m in modules_of(pipe, "denoiser" if component == "unet" else component)]
+        for module in modules:
+            q.quantize(module, weights=getattr(q, QUANTO_WEIGHTS[weights]),
+                       activations=getattr(q, QUANTO_ACTIVATIONS[activations]) if activations else None)
         if activations:  # ranges of activations come from running the prompt set (quanto's calibration)
             with q.Calibration(momentum=0.9), torch.no_grad():
                 for case in _calibration_cases(pipe, cases):
                     pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs())
-        for name in names:
-            module = getattr(pipe, name, None)
-            if module is not None:
-                q.freeze(module)
+        for module in modules:
+            q.freeze(module)
 
     return apply
 
@@ -42,16 +39,20 @@ def _quanto(component: str, weights: str, activations: str | None):
 def _torchao_int8(pipe, cases):
     import torchao.quantization as tq
 
+    from ..denoiser import denoiser
+
     config = tq.Int8WeightOnlyConfig() if hasattr(tq, "Int8WeightOnlyConfig") else tq.int8_weight_only()
-    tq.quantize_(pipe.unet, config)
+    tq.quantize_(denoiser(pipe), config)
 
 
 def _torchao_fp8(pipe, cases):
     import torchao.quantization as tq
 
+    from ..denoiser import denoiser
+
     # Per-row scales for activations and weights: the float8 counterpart of diffusion-fast's int8 dynamic
     # step, run by Hopper/Ada tensor cores through torch._scaled_mm.
-    tq.quantize_(pipe.unet, tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow()))
+    tq.quantize_(denoiser(pipe), tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow()))
 
 
 def _bnb(bits: int):
@@ -59,8 +60,11 @@ def _bnb(bits: int):
         import bitsandbytes as bnb
         import torch
 
-        device = pipe.unet.device
-        for parent in list(pipe.unet.modules()):
+        from ..denoiser import denoiser
+
+        module = denoiser(pipe)
+        device = module.device
+        for parent in list(module.modules()):
             for child_name, child in list(parent.named_children()):
                 if not isinstance(child, torch.nn.Linear):
                     continue
@@ -90,26 +94,31 @@ def recipes() -> list[Recipe]:
     out: list[Recipe] = []
     quanto_needs = needs_package("optimum.quanto", "pip install optimum-quanto")
     for short, comp in COMPONENTS.items():
+        what = "the denoiser's (UNet or transformer)" if comp == "denoiser" else f"{comp}"
         for w in QUANTO_WEIGHTS:
             for a in (None, *QUANTO_ACTIVATIONS):
                 name = quanto_name(short, w, a)
                 acts = f", {a} activations calibrated on the prompt set" if a else ""
-                out.append(Recipe(name, f"optimum-quanto: {comp} weights {w}{acts}, frozen", "quantization",
-                                  "optimum-quanto", slots=(f"quant:{comp}",), apply_fn=_quanto(comp, w, a),
-                                  check_fn=quanto_needs))
+                out.append(Recipe(name, f"optimum-quanto: {what} weights {w}{acts}, frozen", "quantization",
+                                  "optimum-quanto", slots=(f"quant:{slot_component(comp)}",),
+                                  apply_fn=_quanto(comp, w, a), check_fn=quanto_needs,
+                                  fit_fn=needs_unet(name) if comp == "unet" else fits_component(comp)))
     torchao = needs_package("torchao", "pip install torchao")
-    out.append(Recipe("torchao-int8wo", "torchao int8 weight-only quantization of the UNet", "quantization",
-                      "torchao", slots=("quant:unet",), apply_fn=_torchao_int8, check_fn=torchao))
+    out.append(Recipe("torchao-int8wo", "torchao int8 weight-only quantization of the denoiser", "quantization",
+                      "torchao", slots=("quant:denoiser",), apply_fn=_torchao_int8, check_fn=torchao))
     out.append(Recipe("torchao-fp8dq", "torchao float8 dynamic activations and weights (per-row scales) in the "
-                      "UNet's linear layers; pair with bf16 and compile", "quantization", "CUDA >= sm89, torchao",
-                      slots=("quant:unet",), apply_fn=_torchao_fp8,
+                      "denoiser's linear layers; pair with bf16 and compile", "quantization", "CUDA >= sm89, torchao",
+                      slots=("quant:denoiser",), apply_fn=_torchao_fp8,
                       check_fn=all_of(needs_capability((8, 9), "torchao float8"), torchao)))
-    for bits in (8, 4):
-        out.append(Recipe(f"bnb-unet-{bits}bit", f"bitsandbytes {bits}-bit UNet linear layers"
-                          + (" (NF4)" if bits == 4 else " (LLM.int8)"), "quantization", "CUDA, bitsandbytes",
-                          slots=("quant:unet",), apply_fn=_bnb(bits),
-                          check_fn=all_of(needs_package("bitsandbytes", "pip install bitsandbytes"),
-                                          needs_cuda("bitsandbytes"))))
+    for short in ("denoiser", "unet"):
+        for bits in (8, 4):
+            name = f"bnb-{short}-{bits}bit"
+            out.append(Recipe(name, f"bitsandbytes {bits}-bit linear layers of the {short}"
+                              + (" (NF4)" if bits == 4 else " (LLM.int8)"), "quantization", "CUDA, bitsandbytes",
+                              slots=("quant:denoiser",), apply_fn=_bnb(bits),
+                              check_fn=all_of(needs_package("bitsandbytes", "pip install bitsandbytes"),
+                                              needs_cuda("bitsandbytes")),
+                              fit_fn=needs_unet(name) if short == "unet" else None))
     return out
 
 
@@ -120,5 +129,5 @@ INCOMPATIBLE: dict[frozenset[str], str] = {
     frozenset(("fused-qkv", name)): "quanto's quantized activations break the split of the fused QKV projection "
     "(the query keeps all three projections); use fused-qkv with weight-only quantization"
     for name in (quanto_name(short, w, a)
-                 for short in ("unet", "vae") for w in QUANTO_WEIGHTS for a in QUANTO_ACTIVATIONS)
+                 for short in ("denoiser", "unet", "vae") for w in QUANTO_WEIGHTS for a in QUANTO_ACTIVATIONS)
 }

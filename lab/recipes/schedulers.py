@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .._checks import LabError
-from ..schedulers import SCHEDULERS, set_scheduler
+from ..schedulers import SCHEDULERS, fits, set_scheduler
 from .base import Recipe
 
 STEPS = re.compile(r"^steps-(\d+)$")
@@ -19,7 +19,7 @@ def _scheduler(name: str):
 
 def recipes() -> list[Recipe]:
     return [Recipe(name, f"{SCHEDULERS[name][0]} scheduler", "scheduler", slots=("scheduler",),
-                   apply_fn=_scheduler(name)) for name in SCHEDULERS]
+                   apply_fn=_scheduler(name), fit_fn=lambda kind, name=name: fits(name, kind)) for name in SCHEDULERS]
 
 
 def parametric(name: str) -> Recipe | None:
