@@ -19,7 +19,7 @@ _CORE = {
     "ModelUnavailableError": "models", "LabError": "_checks", "RecipeEnv": "env", "Environment": "env",
     "set_scheduler": "schedulers", "scheduler_names": "schedulers",
     # cases
-    "Case": "cases", "load_prompts": "cases", "negative_prompt": "cases", "with_negative": "cases",
+    "Case": "cases", "load_prompts": "cases", "default_prompts": "cases", "negative_prompt": "cases", "with_negative": "cases",
     # diagnose
     "benchmark": "benchmarking", "BenchmarkResult": "benchmarking", "CaseResult": "benchmarking",
     "StageTimer": "timing", "StageTimes": "timing", "Latency": "stats", "profile": "profiling",
@@ -36,7 +36,7 @@ _CORE = {
     "ResultCache": "cache", "CacheKey": "cache", "AdaptivePolicy": "adaptive", "adapt": "adaptive",
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
-_MODULES = ("adaptive", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots", "presets", "recipes",
+_MODULES = ("adaptive", "denoiser", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots", "presets", "recipes",
             "shapes", "takeaways", "training", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
@@ -45,12 +45,12 @@ __all__ = sorted(_API)
 if TYPE_CHECKING:
     from ._checks import LabError
     from .benchmarking import BenchmarkResult, CaseResult, benchmark
-    from .cases import Case, load_prompts
+    from .cases import Case, default_prompts, load_prompts
     from .env import Environment
     from .models import ModelUnavailableError, default_size, embedded_models, parameter_counts, weight_bytes
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
-    from . import (adaptive, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets, recipes, shapes,
+    from . import (adaptive, denoiser, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets, recipes, shapes,
                    takeaways, training, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache

@@ -69,6 +69,14 @@ class Case(Record):
 _CASE_FIELDS = {f.name for f in fields(Case)}
 
 
+def default_prompts(model: str) -> str:
+    """The prompt set a model is meant for: ``shapes`` for the embedded models trained here on shape scenes
+    (``tiny``, ``tiny-flux``: they draw them, so adherence can be scored), ``seed002`` for every other model."""
+    from .models import EMBEDDED
+
+    return "shapes" if model in EMBEDDED and EMBEDDED[model].trained else "seed002"
+
+
 def load_prompts(path: str | os.PathLike = "seed002") -> list[Case]:
     """Load a prompt set: a shipped name (``seed002``) or a JSON file ``{"cases": [...]}``."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():

@@ -73,7 +73,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_case_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None,
-                   help="shipped prompt set name or a JSON file (default: shapes for tiny, seed002 otherwise)")
+                   help="shipped prompt set name or a JSON file (default: shapes for the models trained on them, "
+                   "tiny and tiny-flux; seed002 otherwise)")
     p.add_argument("--prompt", default=None, help="a single prompt instead of the prompt set")
     p.add_argument("--steps", type=_steps, default=None, help=f"override every case's steps (1 to {MAX_STEPS})")
     p.add_argument("--guidance", type=_guidance, default=None, help="override every case's guidance (0 to 100)")
@@ -99,17 +100,13 @@ def _validate_model_args(args: argparse.Namespace) -> None:
         choose("scheduler", args.scheduler, SCHEDULERS)
 
 
-def default_prompts(model: str) -> str:
-    """The prompt set a model is meant for: ``shapes`` for the trained ``tiny`` (it draws shape scenes),
-    ``seed002`` for every other model."""
-    return "shapes" if model == "tiny" else "seed002"
-
-
 def _cases(args: argparse.Namespace):
     from .cases import Case, load_prompts
 
     if args.prompt is not None and not args.prompt.strip():
         raise LabError("--prompt must be a non-empty prompt; leave it out to use the prompt set (--prompts)")
+    from .cases import default_prompts
+
     prompts = args.prompts if args.prompts is not None else default_prompts(args.model)
     cases = [Case(prompt=args.prompt)] if args.prompt is not None else load_prompts(prompts)
     cases = cases[: args.cases] if args.cases else cases

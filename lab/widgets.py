@@ -8,9 +8,11 @@ FREE_FORM_PROMPT = "a photo of an astronaut riding a horse on mars"
 
 
 def default_prompt(model: str) -> str:
-    """A prompt the model can draw: a held-out shape scene for the trained ``tiny`` (adherence 1.0 at
-    20 steps, seed 0), a free-form one for anything else."""
-    if model == "tiny":
+    """A prompt the model can draw: a held-out shape scene for a model trained on them (``tiny``: adherence 1.0
+    at 20 steps, seed 0; ``tiny-flux``), a free-form one for anything else."""
+    from .cases import default_prompts
+
+    if default_prompts(model) == "shapes":
         from .shapes import held_out_prompts
 
         return held_out_prompts(1)[0]
@@ -46,8 +48,8 @@ class Workbench:
         self.device, self.repeats, self.baseline = device, repeats, baseline
         style, wide = {"description_width": "initial"}, w.Layout(width="auto")
         self.model = w.Dropdown(options=list(models), value=models[0], description="model", style=style)
-        self.recipes = w.SelectMultiple(options=recipes.names(), value=("bf16",), rows=8, description="recipes",
-                                        style=style)
+        self.recipes = w.SelectMultiple(options=recipes.fitting(recipes.names(), models[0]), value=("bf16",), rows=8,
+                                        description="recipes", style=style)
         self.prompt = w.Text(value=default_prompt(models[0]), description="prompt", style=style,
                              layout=w.Layout(width="95%"))
         self.steps = w.IntSlider(value=steps, min=1, max=50, description="steps", style=style)
@@ -77,9 +79,15 @@ class Workbench:
         return "+".join(self.recipes.value) or self.baseline
 
     def _on_model(self, change) -> None:
+        from . import recipes
+
         # keep a prompt the new model can draw unless the user typed their own
         if self.prompt.value in (default_prompt(change["old"]), ""):
             self.prompt.value = default_prompt(change["new"])
+        # list only the recipes this model's denoiser can take (no UNet-only ones for a transformer)
+        chosen = self.recipes.value
+        self.recipes.options = recipes.fitting(recipes.names(), change["new"])
+        self.recipes.value = tuple(r for r in chosen if r in self.recipes.options)
 
     def clear(self) -> None:
         """Forget and hide the previous run: table, images, plot, status."""

@@ -12,6 +12,7 @@ family's ``recipes()`` (plus, if it cannot combine with something, its family's 
 """
 
 from .base import COMPONENTS, Recipe
-from .grammar import INCOMPATIBLE, ORDER, Plan, catalog, fit_to_model, get, names, parse
+from .grammar import INCOMPATIBLE, ORDER, Plan, catalog, fit_to_model, fitting, get, names, parse
 
-__all__ = ["COMPONENTS", "INCOMPATIBLE", "ORDER", "Plan", "Recipe", "catalog", "fit_to_model", "get", "names", "parse"]
+__all__ = ["COMPONENTS", "INCOMPATIBLE", "ORDER", "Plan", "Recipe", "catalog", "fit_to_model", "fitting", "get", "names",
+           "parse"]

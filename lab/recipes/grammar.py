@@ -91,6 +91,15 @@ def parse(text: str) -> Plan:
     return Plan(text=text, recipes=tuple(ordered))
 
 
+def fitting(names: Sequence[str], model: str) -> list[str]:
+    """The recipe strings of ``names`` that can apply to ``model`` (all of them for a hub id, known once loaded);
+    a notebook lists recipes for every kind of model and keeps the ones that fit the one it runs."""
+    from ..denoiser import model_kind
+
+    kind = model_kind(model)
+    return [n for n in names if kind is None or not parse(n).fits(kind)]
+
+
 def fit_to_model(parts: Sequence[str], kind: ModelKind | None) -> tuple[list[str], list[str]]:
     """The recipe parts that can apply to a model of ``kind``, and one reason per part left out or swapped.
 
