@@ -265,12 +265,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import FluxTrainConfig, TrainConfig, train, train_flux
 
-    config = TrainConfig.smoke() if args.smoke else TrainConfig()
+    config_cls, run = (FluxTrainConfig, train_flux) if args.model == "tiny-flux" else (TrainConfig, train)
+    config = config_cls.smoke() if args.smoke else config_cls()
     if args.seed is not None:
         config.seed = args.seed
-    report = train(args.out, config, work=args.work, progress=not args.quiet)
+    report = run(args.out, config, work=args.work, progress=not args.quiet)
     print(f"trained in {sum(report.seconds.values()) / 60:.1f} min; final losses {report.final_loss}; -> {args.out}")
     return 0
 
@@ -352,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="train the embedded tiny model on shape scenes (CPU, resumable)")
-    train.add_argument("--out", default="runs/tiny-trained", help="diffusers folder to write (data/models/tiny ships)")
+    train = sub.add_parser("train", help="train the embedded tiny or tiny-flux model on shape scenes (CPU, resumable)")
+    train.add_argument("--model", choices=("tiny", "tiny-flux"), default="tiny",
+                       help="tiny: UNet (SD 1.5 layout); tiny-flux: FLUX.1 transformer on tiny's VAE (default tiny)")
+    train.add_argument("--out", default="runs/tiny-trained",
+                       help="diffusers folder to write (data/models/tiny and data/models/tiny-flux ship)")
     train.add_argument("--work", default=None, help="checkpoint folder (default: OUT.work); re-run to resume")
     train.add_argument("--seed", type=_seed, default=None, help="training seed (default 0)")
     train.add_argument("--smoke", action="store_true", help="a few iterations of a toy config, to check the code")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import difflib
+import functools
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,13 @@ class EmbeddedModel:
     name: str
     description: str
     reference: str  # the hub id whose published component configs are shipped
-    tokenizer: str | None = None  # shared tokenizer folder, relative to data/; None: the model's own
+    tokenizer: str | None = None  # shared CLIP tokenizer folder, relative to data/; None: the model's own
+    t5_tokenizer: str | None = None  # shared T5 tokenizer folder, relative to data/; None: the model's own
     published_params: tuple[tuple[str, int], ...] = ()  # parameter counts of the real model
     seed: int = 0
     trained: bool = False  # the folder holds trained weights (safetensors), not only configs
+    # Optional components (the pipeline accepts None) left out when the whole model does not fit in memory.
+    droppable: tuple[str, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -41,6 +46,8 @@ class EmbeddedModel:
 
 _CLIP_L = ("text_encoder", 123_060_480)
 _SD_VAE = ("vae", 83_653_863)
+_VAE_16 = ("vae", 83_819_683)  # FLUX.1's and SD3's 16-channel autoencoder
+_T5_XXL = 4_762_310_656  # google/t5-v1_1-xxl's encoder (token embedding counted once)
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
@@ -83,6 +90,33 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             tokenizer="tokenizers/clip-synthetic-49408",
             published_params=(("unet", 2_567_463_684), _SD_VAE, _CLIP_L, ("text_encoder_2", 694_659_840)),
         ),
+        EmbeddedModel(
+            "tiny-flux",
+            "tiny FLUX.1-architecture pipeline (64x64, 2 double + 4 single blocks), random weights until trained",
+            reference="(none: lab's own configs, scaled down from black-forest-labs/FLUX.1-dev)",
+            tokenizer="models/tiny-random/tokenizer",
+            t5_tokenizer="tokenizers/t5-shapes",
+        ),
+        EmbeddedModel(
+            "flux-arch",
+            "FLUX.1-dev architecture (12 B transformer, T5-XXL + CLIP-L, 16-channel VAE), random weights",
+            reference="black-forest-labs/FLUX.1-dev",
+            tokenizer="tokenizers/clip-synthetic-49408",
+            t5_tokenizer="tokenizers/t5-synthetic-32100",
+            published_params=(("transformer", 11_901_408_320), _CLIP_L, ("text_encoder_2", _T5_XXL), _VAE_16),
+        ),
+        EmbeddedModel(
+            "sd35m-arch",
+            "Stable Diffusion 3.5 Medium architecture (2.2 B MMDiT-X, CLIP-L + CLIP-G + T5-XXL), random weights",
+            reference="stabilityai/stable-diffusion-3.5-medium",
+            tokenizer="tokenizers/clip-synthetic-49408",
+            t5_tokenizer="tokenizers/t5-synthetic-32100",
+            # The transformer's 226 M-value sin-cos position table is a buffer, not a parameter: with it
+            # the CLIPs, transformer and VAE make KerasHub's published 3 371 793 763 for this model.
+            published_params=(("transformer", 2_243_171_520), ("text_encoder", 123_650_304),
+                              ("text_encoder_2", 694_659_840), ("text_encoder_3", _T5_XXL), _VAE_16),
+            droppable=("text_encoder_3",),
+        ),
     )
 }
 
@@ -118,6 +152,10 @@ def _build_component(spec: EmbeddedModel, name: str, library: str, cls_name: str
     import transformers
 
     folder = spec.folder / name
+    if cls_name.startswith("T5Tokenizer"):
+        # T5's 512 tokens: FluxPipeline asks for up to 512, StableDiffusion3Pipeline for 256 by default.
+        source = DATA / spec.t5_tokenizer if spec.t5_tokenizer else folder
+        return transformers.T5TokenizerFast.from_pretrained(source, model_max_length=512)
     if name.startswith("tokenizer"):
         source = DATA / spec.tokenizer if spec.tokenizer else folder
         return transformers.CLIPTokenizer.from_pretrained(source, model_max_length=77)
@@ -129,43 +167,79 @@ def _build_component(spec: EmbeddedModel, name: str, library: str, cls_name: str
     return getattr(diffusers, cls_name).from_config(_read_json(folder / "config.json"))
 
 
-def build_embedded(name: str, *, empty: bool = False):
-    """Build embedded pipeline ``name`` on CPU in fp32: trained weights from ``data/``, or deterministically
-    initialised random weights.
+def _pipeline_class(spec: EmbeddedModel):
+    import diffusers
+
+    with quiet_transformers():  # importing the pipeline class imports image processors lab never uses
+        return getattr(diffusers, _read_json(spec.folder / "model_index.json")["_class_name"])
+
+
+def _tokenizer_of(component: str) -> str:
+    return component.replace("text_encoder", "tokenizer")
+
+
+def build_embedded(name: str, *, empty: bool = False, dtype=None, drop: tuple[str, ...] = ()):
+    """Build embedded pipeline ``name`` on CPU: trained weights from ``data/``, or deterministically
+    initialised random weights (built in fp32, each component cast to ``dtype`` before the next is built).
 
     Args:
         empty: build on the meta device (no memory, no init) to inspect shapes and counts.
+        dtype: a torch dtype for the weights; None keeps fp32.
+        drop: optional components (``EmbeddedModel.droppable``) to leave out, with their tokenizers.
     """
-    import diffusers
     import torch
-    from accelerate import init_empty_weights
 
     spec = EMBEDDED[name]
+    unknown = set(drop) - set(spec.droppable)
+    if unknown:
+        raise LabError(f"{name!r} cannot drop {sorted(unknown)}; droppable: {list(spec.droppable) or 'none'}")
     if spec.trained and not empty:
-        return _load_trained(spec)
-    index = _read_json(spec.folder / "model_index.json")
+        pipe = _load_trained(spec)
+        if dtype is not None and dtype != torch.float32:
+            with quiet_diffusers():
+                pipe.to(dtype=dtype)
+        return pipe
+    left_out = set(drop) | {_tokenizer_of(c) for c in drop}
     components: dict[str, Any] = {}
     for i, (comp, (library, cls_name)) in enumerate(_component_specs(spec).items()):
+        if comp in left_out:
+            components[comp] = None
+            continue
         # One seed per component: adding a component never changes another's weights.
         torch.manual_seed(spec.seed + i)
-        with init_empty_weights() if empty else contextlib.nullcontext():
-            components[comp] = _build_component(spec, comp, library, cls_name)
-    with quiet_transformers():  # importing the pipeline class imports image processors lab never uses
-        pipeline_cls = getattr(diffusers, index["_class_name"])
+        # torch's meta device, not accelerate's init_empty_weights: that one unties T5's token embeddings
+        # (transformers 5), which would count T5-XXL's 132 M embedding twice.
+        weights = comp != "scheduler" and not comp.startswith("tokenizer")  # schedulers compute real tensors
+        with torch.device("meta") if empty and weights else contextlib.nullcontext():
+            module = _build_component(spec, comp, library, cls_name)
+        if dtype is not None and dtype != torch.float32 and isinstance(module, torch.nn.Module):
+            with quiet_diffusers():  # its "keep in float32" notice: these weights are random
+                module.to(dtype=dtype)  # now, so the fp32 copy of only one component exists at a time
+        components[comp] = module
+    pipeline_cls = _pipeline_class(spec)
+    index = _read_json(spec.folder / "model_index.json")
     optional = {k: None for k in _SKIPPED_COMPONENTS if k in pipeline_cls._optional_components}
     if "requires_safety_checker" in index:
         optional["requires_safety_checker"] = False
-    return pipeline_cls(**components, **optional)
+    return _set_default_size(pipeline_cls(**components, **optional))
+
+
+def _set_default_size(pipe):
+    """FluxPipeline hard-codes a 128-latent-pixel default (1024² at FLUX.1's VAE): make it the model's own."""
+    if hasattr(pipe, "default_sample_size") and getattr(pipe, "transformer", None) is not None:
+        pipe.default_sample_size = default_size(pipe) // pipe.vae_scale_factor
+    return pipe
 
 
 def _load_trained(spec: EmbeddedModel):
     import diffusers
     import transformers
 
-    if not (spec.folder / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+    denoiser = "transformer" if (spec.folder / "transformer").is_dir() else "unet"
+    if not (spec.folder / denoiser / "diffusion_pytorch_model.safetensors").is_file():
         raise ModelUnavailableError(
             f"the trained weights of {spec.name!r} are missing from {str(spec.folder)!r}; "
-            f"restore them from git or retrain with `python -m lab train --out {spec.folder}`"
+            f"restore them from git or retrain with `python -m lab train --model {spec.name} --out {spec.folder}`"
         )
     # Loading bars and the image-processor notice are noise for a 19 MB local model.
     libs = (diffusers.utils.logging, transformers.utils.logging)
@@ -176,12 +250,111 @@ def _load_trained(spec: EmbeddedModel):
     transformers.utils.logging.set_verbosity_error()
     try:
         with quiet_diffusers():
-            return diffusers.StableDiffusionPipeline.from_pretrained(spec.folder, local_files_only=True)
+            return _set_default_size(_pipeline_class(spec).from_pretrained(spec.folder, local_files_only=True))
     finally:
         transformers.utils.logging.set_verbosity(level)
         for lib, enabled in zip(libs, bars):
             if enabled:
                 lib.enable_progress_bar()
+
+
+# Working memory beyond the weights: activations, the interpreter, torch's and oneDNN's buffers. The
+# interpreter with torch, diffusers and transformers imported holds about 0.5 GiB before any weight; the
+# 10 % covers activations at the default sizes (docs/benchmarks.md has the sd35m-arch measurement).
+MARGIN_FRACTION = 0.10
+MARGIN_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What loading an embedded model would take, counted on the meta device."""
+
+    model: str
+    dtype: str
+    parameters: int  # parameters and floating-point buffers of the components loaded
+    weights: int  # their bytes in ``dtype``
+    build_extra: int  # one component at a time is built in fp32 before its cast: the largest one's surplus
+    margin: int
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.build_extra + self.margin
+
+
+@functools.cache
+def _component_elements(name: str) -> tuple[tuple[str, int], ...]:
+    """Floating-point elements (parameters and buffers, each once) per component, from a meta-device build."""
+    import torch
+
+    spec = EMBEDDED[name]
+    if spec.trained:  # fp32 safetensors on disk: 4 bytes an element (none there: the loader says what is missing)
+        return tuple((d.name, sum(f.stat().st_size for f in d.glob("*.safetensors")) // 4)
+                     for d in sorted(spec.folder.iterdir() if spec.folder.is_dir() else ())
+                     if d.is_dir() and any(d.glob("*.safetensors")))
+    pipe = build_embedded(name, empty=True)
+    out = []
+    for comp, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            tensors = {id(t): t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+            out.append((comp, sum(t.numel() for t in tensors.values())))
+    return tuple(out)
+
+
+def memory_need(name: str, dtype: str = "fp32", drop: tuple[str, ...] = ()) -> MemoryNeed:
+    """Bytes embedded model ``name`` needs in ``dtype`` (weights, build surplus, margin), without loading it."""
+    import torch
+
+    torch_dt = torch_dtype(dtype)
+    size = torch.empty((), dtype=torch_dt).element_size()
+    elements = {c: n for c, n in _component_elements(name) if c not in drop}
+    weights = sum(elements.values()) * size
+    extra = 0 if EMBEDDED[name].trained else max(elements.values(), default=0) * max(0, 4 - size)
+    return MemoryNeed(name, dtype, sum(elements.values()), weights, extra,
+                      int(weights * MARGIN_FRACTION) + MARGIN_BYTES, tuple(drop))
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for new tensors: host memory available (psutil) on CPU, the device's free memory on CUDA."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_fits(name: str, dtype: str = "fp32", device: str = "cpu") -> tuple[str, ...]:
+    """Refuse, before anything is allocated, an embedded model too large for the memory free here; return the
+    optional components to drop (``EmbeddedModel.droppable``) when only the model without them fits."""
+    spec = EMBEDDED[name]
+    places = ["cpu"] if device == "cpu" else ["cpu", device]  # built on the host, then moved
+    free = {p: available_memory(p) for p in places}
+
+    def fits(need: MemoryNeed) -> bool:
+        host = need.weights + need.build_extra + (need.margin if device == "cpu" else 0)
+        return host <= free["cpu"] and all(need.weights + need.margin <= free[p] for p in places[1:])
+
+    if fits(memory_need(name, dtype)):
+        return ()
+    need = memory_need(name, dtype, spec.droppable)
+    if spec.droppable and fits(need):
+        return spec.droppable
+    where = " and ".join(f"{free[p]:,} bytes ({_gib(free[p])}) free on {p}" for p in places)
+    without = f" even without {', '.join(spec.droppable)}" if spec.droppable else ""
+    raise ModelUnavailableError(
+        f"{name!r} in {dtype} does not fit this machine{without}: it needs {need.total:,} bytes "
+        f"({_gib(need.total)}: {need.parameters:,} weights × {need.weights // max(need.parameters, 1)} bytes = "
+        f"{_gib(need.weights)}, + {_gib(need.build_extra)} while one component is built in fp32, + "
+        f"{_gib(need.margin)} working margin) and there are {where}. Use a machine with more memory or a smaller "
+        f"dtype; its FLOPs can still be counted on the meta device (lab.models.build_embedded({name!r}, "
+        "empty=True))."
+    )
 
 
 def parameter_counts(pipe) -> dict[str, int]:
@@ -327,7 +500,12 @@ def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto"
         choose("scheduler", scheduler, SCHEDULERS)
         _check_scheduler_fits(model, scheduler)
     if model in EMBEDDED:
-        pipe = build_embedded(model)
+        drop = check_fits(model, dtype, device)
+        if drop:
+            print(f"note: {model}: {', '.join(drop)} dropped (the whole model does not fit the memory free "
+                  f"here; the pipeline runs without it, as it allows)", file=sys.stderr)
+        pipe = build_embedded(model, dtype=torch_dt, drop=drop)
+        pipe.lab_dropped = drop
         _cast(pipe, device, torch_dt)
     else:
         pipe = _from_pretrained(model, torch_dt)
@@ -350,10 +528,12 @@ def _cast(pipe, device: str, dtype) -> None:
 
 
 def default_size(pipe) -> int:
-    """The pipeline's native square resolution in pixels."""
+    """The pipeline's native square resolution in pixels: the denoiser's ``sample_size`` (latent pixels) times
+    the VAE's scale factor (UNets, SD3); Flux transformers have no ``sample_size``, so the VAE's own
+    ``sample_size`` (its training resolution: 1024 for FLUX.1, 64 for ``tiny-flux``)."""
     from .denoiser import denoiser
 
-    sample = denoiser(pipe).config.get("sample_size") or getattr(pipe, "default_sample_size", None)
-    if sample is None:
-        raise LabError(f"{type(pipe).__name__} declares no native size; pass the height and width")
-    return int(sample * pipe.vae_scale_factor)
+    latent = denoiser(pipe).config.get("sample_size")
+    if latent:
+        return int(latent * pipe.vae_scale_factor)
+    return int(pipe.vae.config.sample_size)

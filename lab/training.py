@@ -1,11 +1,17 @@
-"""Train the embedded ``tiny`` text-to-image model on shape scenes (``lab.shapes``), on CPU.
+"""Train the embedded ``tiny`` and ``tiny-flux`` text-to-image models on shape scenes (``lab.shapes``), on CPU.
 
-Two phases, each checkpointed and resumable: a small ``AutoencoderKL`` (64×64 pixels ↔ 4×16×16
-latents), then a small ``UNet2DConditionModel`` together with a small ``CLIPTextModel``. The result
-is a standard diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads offline.
+``tiny`` (``train``): two phases, each checkpointed and resumable: a small ``AutoencoderKL`` (64×64
+pixels ↔ 4×16×16 latents), then a small ``UNet2DConditionModel`` together with a small
+``CLIPTextModel``; ``StableDiffusionPipeline.from_pretrained`` loads the result offline.
+
+``tiny-flux`` (``train_flux``): a scaled-down ``FluxTransformer2DModel`` trained with the rectified-flow
+loss on packed latents of ``tiny``'s frozen VAE, with ``tiny``'s CLIP (the pooled embedding) and a T5
+encoder fine-tuned and trained jointly; ``FluxPipeline.from_pretrained`` loads the result.
+
 Deterministic: the data pool comes from ``seed``, and every step's noise from ``seed`` and the step.
 
-Usage: ``python -m lab train --out data/models/tiny`` (``--smoke`` for a few iterations).
+Usage: ``python -m lab train --out data/models/tiny`` or ``--model tiny-flux --out data/models/tiny-flux``
+(``--smoke`` for a few iterations).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ._checks import LabError, positive_int, writable_dir
 from .results import Record
 
 TOKENIZER = "models/tiny-random/tokenizer"  # relative to data/: whole-word tokens for the grammar
+T5_TOKENIZER = "tokenizers/t5-shapes"  # relative to data/: the T5-style tokenizer of tiny-flux
+FLUX_BASE = "models/tiny"  # relative to data/: tiny-flux reuses this trained VAE and CLIP text encoder
 
 
 @dataclass
@@ -333,13 +341,276 @@ def train(out: str | Path, config: TrainConfig | None = None, *, work: str | Pat
         vae_scaling_factor=scaling,
         environment=Environment.capture().to_dict(),
     )
-    (staging / "training.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    _publish(staging, out, report)
+    return report
+
+
+def _publish(staging: Path, out: Path, report: Record) -> None:
+    from .results import atomic_write_text
+
+    atomic_write_text(staging / "training.json", json.dumps(report.to_dict(), indent=1) + "\n")
     # Swap in the finished folder only at the end: an interrupted run never leaves half a model.
     shutil.rmtree(out, ignore_errors=True)
     staging.replace(out)
-    return report
 
 
 def _tail_mean(losses: list[float], n: int = 100) -> float:
     tail = losses[-n:]
     return round(sum(tail) / len(tail), 5)
+
+
+# --- tiny-flux ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FluxTrainConfig(Record):
+    """Everything that decides the trained ``tiny-flux`` weights (with the code and ``tiny``'s VAE and CLIP)."""
+
+    seed: int = 0
+    pool: int = 24_000
+    steps: int = 3_500
+    batch: int = 32
+    lr: float = 7e-4
+    warmup: int = 200
+    cfg_dropout: float = 0.1  # empty caption this often, so true CFG (negative_prompt="") is possible
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    threads: int = 1  # on 2 cores shared with other jobs, 2 threads ran 5-10x slower than 1 (spinning workers)
+    # The T5 sequence length training emulates: FluxPipeline's default max_sequence_length.
+    max_sequence_length: int = 512
+    # Architecture: FLUX.1's, scaled down (FLUX.1-dev: 19 double, 38 single blocks, 24 heads of 128)
+    double_layers: int = 2
+    single_layers: int = 4
+    heads: int = 4
+    head_dim: int = 32
+    t5_width: int = 64
+
+    @classmethod
+    def smoke(cls) -> "FluxTrainConfig":
+        """A few iterations on a small pool: proves the code runs, not a useful model."""
+        return cls(pool=64, steps=3, batch=4, warmup=1, checkpoint_every=2, double_layers=1, single_layers=1,
+                   heads=2, head_dim=16, t5_width=16)
+
+
+@dataclass
+class FluxTrainReport(Record):
+    config: FluxTrainConfig
+    seconds: dict[str, float] = field(default_factory=dict)  # wall: render+encode, training over resumed runs
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time (all threads), same keys
+    final_loss: dict[str, float] = field(default_factory=dict)  # mean of the last 100 steps
+    losses: dict[str, list[float]] = field(default_factory=dict)  # every step
+    vae_shift_factor: float = 0.0
+    vae_scaling_factor: float = 0.0
+    environment: dict = field(default_factory=dict)
+
+
+def flux_transformer_config(c: FluxTrainConfig, pooled_dim: int) -> dict:
+    rope = c.head_dim // 4  # FLUX.1 splits its 128 head dims 16/56/56 over (text, row, column); keep the spirit
+    return dict(patch_size=1, in_channels=16, num_layers=c.double_layers, num_single_layers=c.single_layers,
+                attention_head_dim=c.head_dim, num_attention_heads=c.heads, joint_attention_dim=c.t5_width,
+                pooled_projection_dim=pooled_dim, guidance_embeds=False,
+                axes_dims_rope=[rope, (c.head_dim - rope) // 2, c.head_dim - rope - (c.head_dim - rope) // 2])
+
+
+def t5_config(c: FluxTrainConfig, vocab_size: int) -> dict:
+    # No blocks: an embedding and T5's final RMSNorm. Every <pad> then encodes to the same vector, which is
+    # what lets training emulate the pipeline's 512-token padding exactly at the cost of one pad token.
+    return dict(vocab_size=vocab_size, d_model=c.t5_width, d_kv=c.t5_width // 4, d_ff=2 * c.t5_width,
+                num_layers=0, num_heads=4, dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=0,
+                eos_token_id=1, decoder_start_token_id=0)
+
+
+FLUX_SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+                      num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True)  # FLUX.1-dev's
+
+
+def pad_bias(lengths, short: int, full: int):
+    """Additive attention bias over a text sequence cut to ``short`` tokens: ``log((full - n) / (short - n))``
+    on each of its ``short - n`` pad tokens (``n`` = ``lengths``, the real tokens, EOS included), 0 elsewhere.
+
+    Identical tokens stay identical through every Flux block (text positions all share RoPE id 0), so
+    ``full - n`` pads weigh in attention exactly as ``short - n`` copies with that bias.
+    """
+    import torch
+
+    n = torch.as_tensor(lengths).unsqueeze(1)
+    pos = torch.arange(short).unsqueeze(0)
+    bias = torch.log((full - n).float() / (short - n).float())
+    return torch.where(pos >= n, bias, torch.zeros(()))
+
+
+def _flux_sigmas(g, batch: int, image_tokens: int):
+    """Training noise levels: logit-normal (SD3's) time-shifted as FluxPipeline shifts at ``image_tokens``."""
+    import torch
+
+    c = FLUX_SCHEDULER
+    m = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
+    shift = math.exp(image_tokens * m + c["base_shift"] - m * c["base_image_seq_len"])
+    u = torch.sigmoid(torch.randn(batch, generator=g))
+    return shift * u / (1 + (shift - 1) * u)
+
+
+@dataclass
+class _Flux:
+    transformer: object
+    text_encoder: object
+    text_encoder_2: object
+    losses: list[float]
+    clock: dict[str, float]
+
+
+def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tokenizers: tuple, clip, work: Path,
+                           progress: bool = True) -> _Flux:
+    """The transformer, T5 and (fine-tuned) CLIP together: rectified flow (predict noise − data) with EMA."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+    from transformers import T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = tokenizers
+    torch.manual_seed(c.seed + 1)
+    transformer = FluxTransformer2DModel(**flux_transformer_config(c, clip.config.hidden_size))
+    torch.manual_seed(c.seed + 2)
+    t5 = T5EncoderModel(T5Config(**t5_config(c, len(t5_tok))))
+    clip.train().requires_grad_(True)
+    params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=1e-2)
+    ema = EMAModel(params, decay=c.ema_decay, use_ema_warmup=True)
+
+    texts = captions + [""]
+    clip_ids = clip_tok(texts, padding="max_length", max_length=clip_tok.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+    t5_lists = t5_tok(texts, truncation=True, max_length=c.max_sequence_length).input_ids
+    short = max(map(len, t5_lists)) + 1  # at least one pad token stands for all of them
+    t5_len = torch.tensor([len(x) for x in t5_lists])
+    t5_ids = torch.tensor([x + [t5_tok.pad_token_id] * (short - len(x)) for x in t5_lists])
+    empty = len(captions)
+
+    b, ch, h, w = latents.shape
+    packed = FluxPipeline._pack_latents(latents, b, ch, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    txt_ids = torch.zeros(short, 3)
+    ckpt = _Checkpoint(work / "transformer.pt")
+    parts = {"transformer": transformer, "text_encoder_2": t5, "text_encoder": clip, "opt": opt, "ema": ema}
+    start, losses, clock = ckpt.resume(parts)
+    bar = tqdm(range(start, c.steps), desc="train transformer+text", initial=start, total=c.steps,
+               disable=not progress)
+    for step in bar:
+        idx, g = _batches(len(packed), c.batch, c.seed + 1, step)
+        x0 = packed[idx]
+        rows = idx.clone()
+        rows[torch.rand(len(idx), generator=g) < c.cfg_dropout] = empty
+        noise = torch.randn(x0.shape, generator=g)
+        sigma = _flux_sigmas(g, len(idx), packed.shape[1])
+        s = sigma.view(-1, 1, 1)
+        mask = torch.cat([pad_bias(t5_len[rows], short, c.max_sequence_length),
+                          torch.zeros(len(idx), packed.shape[1])], dim=1)[:, None, None, :]
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, c.steps, c.lr, c.warmup)
+        pred = transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma,
+                           pooled_projections=clip(clip_ids[rows]).pooler_output,
+                           encoder_hidden_states=t5(t5_ids[rows])[0], txt_ids=txt_ids, img_ids=img_ids,
+                           joint_attention_kwargs={"attention_mask": mask}, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.step(params)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        done = step + 1
+        if done % c.checkpoint_every == 0 or done == c.steps:
+            ckpt.save(parts, done, losses, clock)
+    ema.copy_to(params)
+    return _Flux(transformer.eval(), clip.eval(), t5.eval(), losses, clock.read())
+
+
+def _flux_data(c: FluxTrainConfig, vae, work: Path, progress: bool):
+    """The pool's VAE latent means and captions, cached in ``work`` (rendering and encoding take minutes)."""
+    import torch
+
+    cache = work / "latents.pt"
+    if cache.is_file():
+        state = torch.load(cache, weights_only=True)
+        return state["latents"], state["captions"], {k: state[k] for k in ("seconds", "cpu_seconds")}
+    clock = _Clock()
+    pixels, captions = _pool(c, progress)
+    latents = _encode_pool(vae, pixels, progress)
+    seconds = clock.read()
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"latents": latents, "captions": captions, **seconds}, tmp)
+    tmp.replace(cache)
+    return latents, captions, seconds
+
+
+def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: str | Path | None = None,
+               progress: bool = True) -> FluxTrainReport:
+    """Train ``tiny-flux`` (resuming from checkpoints in ``work``) and write a FluxPipeline folder to ``out``.
+
+    Args:
+        work: checkpoint folder; default ``<out>.work`` beside ``out``. Delete it to start over.
+    """
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer, T5TokenizerFast
+
+    from .env import Environment
+    from .models import DATA
+
+    c = config or FluxTrainConfig()
+    for name in ("pool", "steps", "batch", "checkpoint_every", "threads", "max_sequence_length", "double_layers",
+                 "single_layers", "heads", "head_dim", "t5_width"):
+        positive_int(name, getattr(c, name))
+    if not 0 <= c.cfg_dropout < 1:
+        raise LabError(f"cfg_dropout must be in [0, 1), got {c.cfg_dropout!r}")
+    if c.max_sequence_length > 512:
+        raise LabError(f"max_sequence_length must be at most 512 (FluxPipeline's limit), got {c.max_sequence_length}")
+    if c.head_dim % 4 or c.t5_width % 4:
+        raise LabError(f"head_dim and t5_width must be multiples of 4, got {c.head_dim} and {c.t5_width}")
+    out = Path(out)
+    work = writable_dir(work or out.with_name(out.name + ".work"))
+    saved = work / "config.json"
+    if saved.is_file() and FluxTrainConfig.load(saved) != c:
+        raise LabError(f"checkpoints in {str(work)!r} were made with another config; delete the folder or pass "
+                       "the same config to resume")
+    c.save(saved)
+    torch.set_num_threads(c.threads)
+    base = DATA / FLUX_BASE
+    clip_tok = CLIPTokenizer.from_pretrained(DATA / TOKENIZER, model_max_length=77)
+    t5_tok = T5TokenizerFast.from_pretrained(DATA / T5_TOKENIZER)
+    vae = AutoencoderKL.from_pretrained(base / "vae").eval().requires_grad_(False)
+    torch.manual_seed(c.seed)
+    clip = CLIPTextModel.from_pretrained(base / "text_encoder")
+
+    latents, captions, data_clock = _flux_data(c, vae, work, progress)
+    shift = float(latents.mean())
+    scaling = float(1.0 / (latents - shift).std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
+    trained = train_flux_transformer(c, (latents - shift) * scaling, captions, (clip_tok, t5_tok), clip, work,
+                                     progress)
+
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER), vae=vae,
+        text_encoder=trained.text_encoder, tokenizer=clip_tok, text_encoder_2=trained.text_encoder_2,
+        tokenizer_2=t5_tok, transformer=trained.transformer,
+    )
+    staging = out.with_name(out.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):  # as train(): the CLIP files transformers 4.x reads
+        shutil.copyfile(DATA / TOKENIZER / name, staging / "tokenizer" / name)
+    clocks = {"data": data_clock, "transformer+text_encoders": trained.clock}
+    report = FluxTrainReport(
+        config=c,
+        seconds={k: round(v["seconds"], 1) for k, v in clocks.items()},
+        cpu_seconds={k: round(v["cpu_seconds"], 1) for k, v in clocks.items()},
+        final_loss={"transformer+text_encoders": _tail_mean(trained.losses)},
+        losses={"transformer+text_encoders": [round(x, 5) for x in trained.losses]},
+        vae_shift_factor=shift, vae_scaling_factor=scaling,
+        environment=Environment.capture().to_dict(),
+    )
+    _publish(staging, out, report)
+    return report

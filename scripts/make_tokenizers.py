@@ -1,6 +1,6 @@
-"""Write the offline CLIP-style BPE tokenizers shipped in data/.
+"""Write the offline tokenizers shipped in data/: CLIP-style BPE and T5-style Unigram.
 
-Two tokenizers, both deterministic (re-running rewrites identical files):
+Four tokenizers, all deterministic (re-running rewrites identical files):
 
 - ``data/models/tiny-random/tokenizer``: byte-level base symbols plus left-to-right merges for the
   words of the shipped prompt sets and the shape-scene grammar (~1.5 k entries). BPE applies merges
@@ -10,6 +10,13 @@ Two tokenizers, both deterministic (re-running rewrites identical files):
 - ``data/tokenizers/clip-synthetic-49408``: the tiny vocabulary extended with synthetic
   merges up to CLIP's real vocabulary size (49 408), for the realistic architectures, so that
   token ids span the whole embedding table.
+- ``data/tokenizers/t5-shapes``: a T5-style Unigram (SentencePiece-like, ``tokenizer.json`` for
+  ``T5TokenizerFast``): ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, one ``▁word`` piece per word above and
+  single letters and punctuation as fallback, no sentinel tokens. ``tiny-flux`` trained with it and ships
+  a copy, so changing it here needs a retrain there.
+- ``data/tokenizers/t5-synthetic-32100``: the same pieces extended with synthetic letter pieces to
+  T5's real 32 000, plus its 100 ``<extra_id_n>`` sentinels (32 100, as T5-XXL's tokenizer), for
+  ``flux-arch`` and ``sd35m-arch``.
 
 Usage: ``python scripts/make_tokenizers.py``
 """
@@ -24,6 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408
+T5_VOCAB_SIZE = 32000  # pieces before T5's 100 sentinel tokens
+T5_SPECIALS = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# Prompt sets added after the CLIP tokenizers were made (their words are already in EXTRA_WORDS);
+# reading them would reorder the merges, and the trained ``tiny`` depends on that order.
+LATER_SETS = {"shapes"}
 
 # Words beyond the prompt files: the shape-scene grammar of the trained tiny model and
 # common prompt vocabulary, so typical prompts tokenize into whole words.
@@ -55,6 +68,8 @@ def bytes_to_unicode() -> dict[int, str]:
 def prompt_words() -> list[str]:
     words: list[str] = []
     for path in sorted((ROOT / "data" / "prompts").glob("*.json")):
+        if path.stem in LATER_SETS:
+            continue
         for case in json.loads(path.read_text())["cases"]:
             for field in ("prompt", "negative_prompt"):
                 words += re.findall(r"[a-z]+", (case.get(field) or "").lower())
@@ -125,14 +140,60 @@ def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> int:
     return len(vocab)
 
 
+def t5_pieces(words: list[str]) -> list[tuple[str, float]]:
+    """Unigram pieces: whole words (log-prob -1, so a known word is one piece), then letters (-10)."""
+    pieces = [("▁", -2.0)] + [("▁" + w, -1.0) for w in dict.fromkeys(words)]
+    chars = LETTERS + LETTERS.upper() + "0123456789" + ",.;:!?'\"-()"
+    pieces += [(c, -10.0) for c in chars] + [("▁" + c, -10.0) for c in chars]
+    seen, out = set(), []
+    for piece, score in pieces:
+        if piece not in seen:
+            seen.add(piece)
+            out.append((piece, score))
+    return out
+
+
+def synthetic_pieces(pieces: list[tuple[str, float]], size: int) -> list[tuple[str, float]]:
+    """Extend ``pieces`` with letter-pair pieces (scored below whole words) up to ``size`` entries."""
+    known = {p for p, _ in pieces}
+    out = list(pieces)
+    prefixes = list(LETTERS)
+    while len(out) < size:
+        grown = []
+        for prefix, letter in itertools.product(prefixes, LETTERS):
+            for piece in (prefix + letter, "▁" + prefix + letter):
+                if len(out) < size and piece not in known:
+                    known.add(piece)
+                    out.append((piece, -12.0 - 0.5 * len(prefix)))
+            grown.append(prefix + letter)
+        prefixes = grown
+    return out
+
+
+def write_t5_tokenizer(folder: Path, pieces: list[tuple[str, float]], extra_ids: int) -> int:
+    from transformers import T5TokenizerFast
+
+    # Case is kept, as T5's: a capitalised word falls back to letters (upper-case ones included).
+    tok = T5TokenizerFast(vocab=T5_SPECIALS + pieces, extra_ids=extra_ids, model_max_length=512)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    return len(tok)
+
+
 def main() -> None:
-    merges = whole_word_merges(prompt_words())
+    words = prompt_words()
+    merges = whole_word_merges(words)
     tiny = write_tokenizer(ROOT / "data" / "models" / "tiny-random" / "tokenizer", merges)
     full = write_tokenizer(
         ROOT / "data" / "tokenizers" / "clip-synthetic-49408",
         synthetic_merges(base_vocab(), merges, CLIP_VOCAB_SIZE),
     )
-    print(f"tiny tokenizer: {tiny} tokens; synthetic CLIP tokenizer: {full} tokens")
+    pieces = t5_pieces(words)
+    t5_tiny = write_t5_tokenizer(ROOT / "data" / "tokenizers" / "t5-shapes", pieces, extra_ids=0)
+    t5_full = write_t5_tokenizer(ROOT / "data" / "tokenizers" / "t5-synthetic-32100",
+                                 synthetic_pieces(pieces, T5_VOCAB_SIZE - len(T5_SPECIALS)), extra_ids=100)
+    print(f"tiny tokenizer: {tiny} tokens; synthetic CLIP tokenizer: {full} tokens; "
+          f"tiny T5 tokenizer: {t5_tiny} tokens; synthetic T5 tokenizer: {t5_full} tokens")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,73 @@ def test_train_command_smoke(tmp_path, capsys):
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path / "t")]) == 0
     assert "final losses" in capsys.readouterr().out
     assert (tmp_path / "t" / "model_index.json").is_file() and (tmp_path / "t.work" / "unet.pt").is_file()
+
+
+def test_flux_smoke_training_writes_a_loadable_deterministic_flux_pipeline(tmp_path):
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    from lab.training import FluxTrainConfig, train_flux
+
+    config = FluxTrainConfig.smoke()
+    report = train_flux(tmp_path / "a", config, progress=False)
+    assert set(report.seconds) == set(report.cpu_seconds) == {"data", "transformer+text_encoders"}
+    assert len(report.losses["transformer+text_encoders"]) == config.steps
+    assert all(np.isfinite(v) for v in report.final_loss.values())
+    saved = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert FluxTrainConfig.from_dict(saved["config"]) == config
+    pipe = FluxPipeline.from_pretrained(tmp_path / "a", local_files_only=True)
+    assert pipe.vae.config.shift_factor == pytest.approx(report.vae_shift_factor)
+    assert pipe.transformer.config.num_layers == config.double_layers
+    image = pipe("a red circle on the left, white background", num_inference_steps=2, height=64, width=64,
+                 output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+    # Resumes from its checkpoints (latents cached) to the same weights as a fresh run.
+    config.steps = 4
+    resumed = train_flux(tmp_path / "a", config, work=tmp_path / "a.work2", progress=False)
+    fresh = train_flux(tmp_path / "b", config, progress=False)
+    assert len(resumed.losses["transformer+text_encoders"]) == 4
+    with pytest.raises(lab.LabError, match="another config"):
+        train_flux(tmp_path / "b", FluxTrainConfig.smoke(), progress=False)
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flux_training_emulates_the_pipelines_512_token_padding_exactly():
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from lab.training import FluxTrainConfig, flux_transformer_config, pad_bias, t5_config
+
+    c = FluxTrainConfig.smoke()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**flux_transformer_config(c, 8)).eval()
+    t5 = T5EncoderModel(T5Config(**t5_config(c, 50))).eval()
+    ids, lengths, short = [[5, 7, 9, 1], [4, 1]], [4, 2], 6
+    g = torch.Generator().manual_seed(1)
+    x, img_ids = torch.randn(2, 16, 16, generator=g), torch.randn(16, 3, generator=g)
+
+    def run(length, bias):
+        tokens = torch.tensor([row + [0] * (length - len(row)) for row in ids])
+        kwargs = None if bias is None else {"attention_mask": torch.cat([bias, torch.zeros(2, 16)], 1)[:, None, None]}
+        return transformer(hidden_states=x, timestep=torch.tensor([0.3, 0.7]), pooled_projections=torch.ones(2, 8),
+                           encoder_hidden_states=t5(tokens)[0], txt_ids=torch.zeros(length, 3), img_ids=img_ids,
+                           joint_attention_kwargs=kwargs, return_dict=False)[0]
+
+    with torch.no_grad():
+        full = run(512, None)  # what FluxPipeline feeds: T5 ids padded to max_sequence_length=512
+        emulated = run(short, pad_bias(lengths, short, 512))
+        cut = run(short, None)
+    assert torch.allclose(full, emulated, atol=1e-5)
+    assert not torch.allclose(full, cut, atol=1e-2)  # without the bias the pad count shows
+
+
+def test_train_command_takes_the_model(tmp_path, capsys):
+    from lab.cli import main
+
+    assert main(["train", "--model", "tiny-flux", "--smoke", "--quiet", "--out", str(tmp_path / "f")]) == 0
+    assert "final losses" in capsys.readouterr().out
+    assert (tmp_path / "f" / "transformer" / "config.json").is_file()
+    assert (tmp_path / "f.work" / "transformer.pt").is_file()
