@@ -40,7 +40,8 @@ def first_step_update(pipe, case: Case):
     with torch.no_grad():
         pipe(latents=initial.to(pipe.device, dtype), generator=generator, output_type="latent",
              callback_on_step_end=after_first_step, **case.pipeline_kwargs())
-    return captured["latents"] - initial * float(pipe.scheduler.init_noise_sigma)
+    # flow-matching schedulers start from the noise itself (sigma 1): they have no init_noise_sigma
+    return captured["latents"] - initial * float(getattr(pipe.scheduler, "init_noise_sigma", 1.0))
 
 
 @dataclass

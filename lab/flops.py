@@ -79,12 +79,12 @@ def _step_inputs(module, batch: int, height: int, width: int, vae_scale: int, de
 
 
 def _empty_denoiser(pipe):
-    from accelerate import init_empty_weights
+    import torch
 
     from .denoiser import denoiser
 
     module = denoiser(pipe)
-    with init_empty_weights():
+    with torch.device("meta"):  # buffers too (SD3's positional embedding), unlike accelerate's init_empty_weights
         return type(module).from_config(module.config)
 
 

@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import LabError
 from .cases import Case
 from .flops import Peak, utilisation
 from .results import Record, atomic_write_text
@@ -69,7 +68,7 @@ class Rung(Record):
     status: str
     error: str | None = None
     latency_s: float | None = None
-    speedup: float | None = None  # fp32 latency ÷ this rung's
+    speedup: float | None = None  # the baseline rung's latency ÷ this rung's (fp32 unless a plan starts elsewhere)
     first_call_s: float | None = None
     denoiser_ms_per_step: float | None = None
     denoiser_tflops: float | None = None
@@ -100,6 +99,7 @@ class LadderResult(Record):
     env: dict = field(default_factory=dict)
     ssim_meaningful: bool = True
     notes: list[str] = field(default_factory=list)
+    baseline: str = "fp32"  # the first rung's recipe: every speed-up is against it
 
     renamed = {"unet_step_flops": "step_flops"}
 
@@ -147,13 +147,16 @@ def _dtype(recipe: str) -> str:
 def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, repeats: int = 3,
                device: str = "auto", out: str | os.PathLike | None = None, smoke: bool = False,
                plan: list[tuple[str, str]] | None = None, fewer_steps_rung: bool = True,
-               progress: bool = True, peaks: dict[str, Peak] | None = None) -> LadderResult:
+               progress: bool = True, peaks: dict[str, Peak] | None = None,
+               guidance: float | None = None) -> LadderResult:
     """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
 
     Args:
         smoke: tiny (or ``model`` when it is tiny-flux), 1 repeat, 2 steps and regional compile (what CI runs: cold
             whole-denoiser compiles cost minutes).
-        plan: (label, recipe) rungs to run instead of the standard ones (the first must be ``fp32``).
+        plan: (label, recipe) rungs to run instead of the standard ones; the first is the baseline every speed-up
+            is against (``fp32`` in the standard ladder; bf16 eager for FLUX.1, whose fp32 run would not fit).
+        guidance: the case's guidance scale (None: the ladder case's; FLUX.1-dev is run at 3.5).
         fewer_steps_rung: add the fewer-steps rung on the fastest rung (one more compile when that rung compiles).
         peaks: matmul peaks by dtype already measured on this device; the ones missing are measured here.
     """
@@ -178,10 +181,9 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
                       else "compile-denoiser-frozen")
     fp8 = not smoke and recipes.get("torchao-fp8dq").check(env) is None
     ladder = list(plan) if plan else rungs(precision, steps, compile_recipe, fp8=fp8, transformer=transformer)
-    if ladder[0][1] != "fp32":
-        raise LabError(f"a ladder starts at fp32 (its baseline), not {ladder[0][1]!r}")
     standard = plan is None
-    case = CASE.with_overrides(steps=steps, height=size, width=size)
+    case = CASE.with_overrides(steps=steps, height=size, width=size,
+                               **({"guidance": guidance} if guidance is not None else {}))
 
     def run():
         return compare(model, [recipe for _, recipe in ladder], [case], repeats=repeats, warmup=1, out=out,
@@ -204,7 +206,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     del pipe
     given = peaks or {}
     peaks = {dt: given.get(dt) or measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
-    fp32 = cmp.record("fp32", case.name)
+    base = cmp.record(ladder[0][1], case.name)
     result_rungs, over = [], []
     for label, recipe in ladder:
         rec = cmp.record(recipe, case.name)
@@ -216,7 +218,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
             step_s = rec.stages.denoiser_per_step
             achieved = flops_per_step / step_s
             rung.latency_s, rung.first_call_s = rec.latency.median, rec.first_call_s
-            rung.speedup = fp32.latency.median / rec.latency.median if fp32.status == "ok" else None
+            rung.speedup = base.latency.median / rec.latency.median if base.status == "ok" else None
             rung.denoiser_ms_per_step, rung.denoiser_tflops = step_s * 1e3, achieved / 1e12
             rung.utilisation_pct, rung.peak_dtype = utilisation(achieved, peak), dtype
             if rung.utilisation_pct is None:
@@ -229,16 +231,16 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     notes = []
     random_weights = cmp.random_weights
     if random_weights:
-        notes.append(f"{model} has random weights: image SSIM against fp32 says nothing about a recipe (the "
-                     "trajectories diverge), so it is left out; fidelity_cosine compares the first denoising "
-                     "step's update with fp32's on identical inputs instead")
+        notes.append(f"{model} has random weights: image SSIM against {ladder[0][1]} says nothing about a recipe "
+                     "(the trajectories diverge), so it is left out; fidelity_cosine compares the first denoising "
+                     f"step's update with {ladder[0][1]}'s on identical inputs instead")
     if over:
         notes.append(f"peak unreliable: {', '.join(over)} achieved more than the measured peak; no utilisation "
                      "is reported for them")
     result = LadderResult(model=model, size=size, steps=steps, repeats=repeats, batch=batch,
                           step_flops=flops_per_step, peaks=peaks, rungs=result_rungs, out=str(out),
                           env=json.loads((out / "environment.json").read_text()), ssim_meaningful=not random_weights,
-                          notes=notes)
+                          notes=notes, baseline=ladder[0][1])
     result.save(out / "ladder.json")
     atomic_write_text(out / "ladder.md", result.to_markdown() + "\n")
     return result

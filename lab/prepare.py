@@ -7,6 +7,7 @@ recipe is parsed, checked against this machine, applied and its generation overr
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,3 +93,14 @@ def load_pipeline(model: str = "tiny", *, dtype: str = "fp32", device: str = "au
             ``guidance-G``) belong to the call: ``prepare(...)`` returns the cases with them applied.
     """
     return prepare(model, recipe, device=device, dtype=dtype, scheduler=scheduler).pipe
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """Importing ``lab.prepare`` binds this module as the attribute ``lab.prepare``, hiding the function of the
+    same name in lab's public API; calling the module calls the function, so ``lab.prepare(...)`` always works."""
+
+    def __call__(self, *args, **kwargs) -> Prepared:
+        return prepare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
