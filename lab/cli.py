@@ -213,14 +213,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from .env import RecipeEnv
     from .presets import PRIORITIES, preset, recommend
+    from . import recipes
+    from .denoiser import model_kind
+    from .models import check_model
     from .recipes import catalog
 
     choose("priority", args.priority, PRIORITIES)  # checked before anything is printed
+    model = check_model(args.model) if args.model else None
     env = RecipeEnv.detect(args.device)
-    print(catalog(env).to_markdown())
+    frame = catalog(env)
+    if model is not None and (kind := model_kind(model)) is not None:  # why a recipe cannot fit this model
+        frame["not_for_model"] = [(recipes.get(n).fits(kind) or "") if n in recipes.names() else ""
+                                  for n in frame.index]
+    print(frame.to_markdown())
     for tier in ("basic", "advanced", "expert"):
-        print(f"\npreset {tier}: {preset(tier, env)}")
-    print("\n" + str(recommend(env, args.priority)))
+        print(f"\npreset {tier}: {preset(tier, env, model=model)}")
+    print("\n" + str(recommend(env, args.priority, model=model)))
     return 0
 
 
@@ -333,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recipes", help="list the recipe catalog, the presets and a recommendation")
     rec.add_argument("--device", default="auto")
     rec.add_argument("--priority", default="balance", help="quality, balance or speed")
+    rec.add_argument("--model", default=None, help="also say which recipes cannot fit this model, and fit the "
+                     "presets and the recommendation to it (e.g. tiny-flux)")
     rec.set_defaults(func=cmd_recipes)
 
     rep = sub.add_parser("report", help="before/after report (Markdown + HTML) of a compare run directory")

@@ -98,6 +98,7 @@ class FallbackResult(Record):
     errors: list[str] = field(default_factory=list)
     budget_mb: float | None = None
     peak_mb: list[float] = field(default_factory=list)  # working set of each attempt (budgeted runs on CPU)
+    call_kwargs: dict = field(default_factory=dict)  # what else the last call was given (a shorter text sequence)
 
 
 def _call(pipe, case: Case, budget_mb: float | None, result: FallbackResult, cuda: bool):
@@ -106,14 +107,27 @@ def _call(pipe, case: Case, budget_mb: float | None, result: FallbackResult, cud
     mode = None if budget_mb is None or cuda else memory_budget(budget_mb)  # CUDA: the allocator's cap is set
     try:
         with contextlib.nullcontext() if mode is None else mode:
-            return pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs())
+            return pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs(),
+                        **result.call_kwargs)
     finally:
         if mode is not None:
             result.peak_mb.append(round(mode.peak / MB, 3))
 
 
+def _text_tokens(pipe) -> int | None:
+    """The T5 sequence length a transformer pipeline pads prompts to (FLUX.1: 512, SD3: 256), None for a UNet one."""
+    import inspect
+
+    parameter = inspect.signature(pipe.__call__).parameters.get("max_sequence_length")
+    return parameter.default if parameter is not None and isinstance(parameter.default, int) else None
+
+
 def generate_with_fallback(pipe, case: Case, *, min_size: int = 256, memory_budget_mb: float | None = None):
     """Generate ``case``; on OOM degrade and retry. Returns (image, FallbackResult); re-raises at the end.
+
+    UNet pipelines: VAE tiling, attention slicing, then lower resolutions. Transformer pipelines (Flux, SD3):
+    VAE tiling, then a shorter T5 sequence (every block attends over text and image tokens, and FluxPipeline pads
+    prompts to 512 tokens), then lower resolutions; diffusers cannot slice a transformer's attention.
 
     Args:
         memory_budget_mb: cap the call's memory at this many MB so an out-of-memory really happens
@@ -121,11 +135,18 @@ def generate_with_fallback(pipe, case: Case, *, min_size: int = 256, memory_budg
     """
     import torch
 
+    from .denoiser import denoiser_name
     from .models import default_size
 
-    steps = [("vae-tiling", lambda: pipe.vae.enable_tiling()),
-             ("attention-slicing", lambda: pipe.enable_attention_slicing("auto"))]
     result = FallbackResult(case=case, budget_mb=memory_budget_mb)
+    steps = [("vae-tiling", lambda: pipe.vae.enable_tiling())]
+    tokens = _text_tokens(pipe) if denoiser_name(pipe) == "transformer" else None
+    if tokens is None:
+        steps.append(("attention-slicing", lambda: pipe.enable_attention_slicing("auto")))
+    else:
+        for _ in range(2):  # 512 -> 256 -> 128 on Flux: prompts longer than that are cut
+            tokens //= 2
+            steps.append((f"text tokens -> {tokens}", lambda n=tokens: result.call_kwargs.update(max_sequence_length=n)))
     cuda = str(pipe.device).startswith("cuda")
     if memory_budget_mb is not None and cuda:
         # the cap is what is allocated now (weights) plus the call's budget, as on CPU

@@ -118,3 +118,31 @@ def test_compare_refuses_bad_recipes_before_work(tmp_path):
     out = run("compare", "--recipes", "fp32,bf16+fp16", "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "cannot combine 'bf16' and 'fp16'" in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_method_on_a_transformer_from_the_command_line(tmp_path):
+    """diagnose, compare and report on tiny-flux work as on tiny; an unfit recipe is a skipped run with its reason."""
+    diag = run("diagnose", "--model", "tiny-flux", "--steps", "2", "--record-steps", "1", "--repeats", "1",
+               "--out", str(tmp_path / "diag"), timeout=900)
+    assert diag.returncode == 0, diag.stderr
+    from lab.flops import FlopsReport
+
+    report = FlopsReport.load(tmp_path / "diag" / "flops.json")
+    assert report.stage("denoiser").flops == pytest.approx(2 * report.step_flops, rel=1e-6)
+    out = tmp_path / "cmp"
+    cmp = run("compare", "--model", "tiny-flux", "--recipes", "fp32,bf16,attention-slicing", "--steps", "2",
+              "--repeats", "1", "--cases", "1", "--quiet", "--out", str(out), timeout=900)
+    assert cmp.returncode == 0, cmp.stderr
+    rows = {r["recipe"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["bf16"]["status"] == "ok" and rows["bf16"]["fidelity"]["cosine"] > 0.99
+    assert rows["attention-slicing"]["status"] == "skipped" and "transformer" in rows["attention-slicing"]["error"]
+    rep = run("report", str(out))
+    assert rep.returncode == 0, rep.stderr and (out / "report.md").is_file()
+
+
+def test_an_architecture_too_large_for_this_machine_is_refused_before_loading(tmp_path):
+    out = run("bench", "--model", "flux-arch", "--dtype", "bf16", "--steps", "1", "--repeats", "1",
+              "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and out.stderr.startswith("error:"), out.stderr
+    assert "does not fit this machine" in out.stderr and "bytes" in out.stderr and "free" in out.stderr
+    assert not (tmp_path / "o").exists()

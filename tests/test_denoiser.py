@@ -146,11 +146,15 @@ def test_transformer_recipes_change_what_they_say(flux_pipe):
     assert _call(bf16).shape == (64, 64, 3)
 
 
-def test_math_attention_sets_the_transformer_backend():
+def test_math_attention_sets_the_transformer_backend_and_nothing_else():
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    default = _AttentionBackendRegistry.get_active_backend()[0]
     pipe = lab.load_pipeline("tiny-flux", device="cpu", recipe="math-attention")
-    backends = {str(m.processor._attention_backend) for m in pipe.transformer.modules()
+    backends = {str(m.processor._attention_backend).lower() for m in pipe.transformer.modules()
                 if hasattr(m, "processor") and hasattr(m.processor, "_attention_backend")}
     assert backends and all("math" in b for b in backends)
+    assert _AttentionBackendRegistry.get_active_backend()[0] == default  # the next pipeline is not changed
 
 
 def test_presets_and_plans_fit_a_transformer_model():

@@ -53,3 +53,20 @@ def test_notebook_executes_headless(path, tmp_path):
     final = code[-1]["outputs"]
     assert final and "text/markdown" in final[0]["data"], "the takeaway is written from the run's results"
     assert "{" not in final[0]["data"]["text/markdown"], "no unformatted placeholder in the takeaway"
+
+
+# The method on a transformer: diagnose and verify run top to bottom on FLUX.1's architecture (tiny-flux), 4 steps
+# (each tiny-flux step attends over FluxPipeline's 512 T5 tokens, so it costs more than a tiny UNet step)
+TRANSFORMER = {**CI_PARAMETERS, "LAB_MODEL": "tiny-flux", "LAB_STEPS": "4"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in ("01_diagnose", "04_verify")], ids=lambda p: p.stem)
+def test_notebook_executes_on_a_transformer(path, tmp_path):
+    run = run_notebook(path, tmp_path, timeout=HANG_GUARD_S, env=TRANSFORMER)
+    assert run.error is None, run.error
+    executed = json.loads((tmp_path / path.stem / path.name).read_text())
+    text = json.dumps(executed["cells"])
+    assert "FluxPipeline" in text or "transformer" in text, "the notebook ran on the transformer model"
+    final = [c for c in executed["cells"] if c["cell_type"] == "code"][-1]["outputs"]
+    assert final and "text/markdown" in final[0]["data"]

@@ -21,8 +21,14 @@ def _processor(kind: str):
 
         proc = {"sdpa": ap.AttnProcessor2_0, "math": ap.AttnProcessor}[kind]
         if denoiser_name(pipe) == "transformer":
+            from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+            # set_attention_backend also makes the backend process-wide (the default of every processor that
+            # names none): put the default back, so a pipeline loaded after this one is not changed by it
+            default = _AttentionBackendRegistry.get_active_backend()[0]
             with quiet_diffusers():  # "attention backends are an experimental feature"
                 denoiser(pipe).set_attention_backend(BACKENDS[kind])
+            _AttentionBackendRegistry.set_active_backend(default)
         else:
             pipe.unet.set_attn_processor(proc())
         vae = getattr(pipe, "vae", None)
