@@ -303,12 +303,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import TrainConfig, check_out, train
 
     config = TrainConfig.smoke() if args.smoke else TrainConfig()
     if args.seed is not None:
         config.seed = args.seed
-    report = train(args.out, config, work=args.work, progress=not args.quiet)
+    out = check_out(args.out)  # a file or a folder of other files: refused before any checkpoint is written
+    work = writable_dir(args.work or out.with_name(out.name + ".work"))
+    with run_lock(work):  # two trainings into one checkpoint folder would corrupt each other's checkpoints
+        report = train(out, config, work=work, progress=not args.quiet)
     print(f"trained in {sum(report.seconds.values()) / 60:.1f} min; final losses {report.final_loss}; -> {args.out}")
     return 0
 
