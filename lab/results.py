@@ -110,13 +110,13 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_dict: expected a JSON object, got {data!r:.80}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"{cls.__name__}.from_dict: unknown fields {sorted(unknown)}")
-        if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict: expected a JSON object, got {data!r:.80}")
         return cls(**{k: _decode(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()})
 
     def to_json(self, indent: int | None = 2) -> str:
