@@ -20,7 +20,7 @@ import lab
 from lab import cli
 from lab._checks import LabError
 from lab.experiments import META, RESULTS, Comparison, RunRecord, compare
-from lab.paths import file_stem, inside, run_lock
+from lab.paths import file_stem, inside
 from lab.stats import Latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,8 +157,9 @@ def test_every_command_that_writes_locks_its_directory(command, tmp_path, capsys
         _finished_run(locked)
     locked.mkdir(exist_ok=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lab.paths import run_lock\n"
-         "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)", str(locked)],
+        [sys.executable, "-c", ("import sys, time; from lab.paths import run_lock\n"
+                                "with run_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)"),
+         str(locked)],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -232,8 +233,7 @@ def test_results_lines_that_break_the_schema_are_set_aside(finished, tmp_path, c
     run = _copy_run(finished, tmp_path / "run")
     good = json.loads((run / RESULTS).read_text().splitlines()[0])
     with open(run / RESULTS, "a") as f:
-        for change in BAD_LINES.values():
-            f.write(json.dumps({**good, "latency": good["latency"], **change}) + "\n")
+        f.writelines(json.dumps({**good, **change}) + "\n" for change in BAD_LINES.values())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = Comparison.load(run)
