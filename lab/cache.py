@@ -19,7 +19,6 @@ from pathlib import Path
 from ._checks import LabError, read_file_bytes, writable_dir
 from .results import Record, atomic_write_bytes
 
-
 META_LIMIT = 2**20  # bytes of one entry's metadata
 IMAGE_LIMIT = 256 * 2**20  # bytes of one cached PNG
 

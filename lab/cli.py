@@ -118,10 +118,11 @@ def _cases(args: argparse.Namespace):
     prompts = args.prompts if args.prompts is not None else default_prompts(args.model)
     if args.prompt is not None:
         try:
-            case = Case(prompt=args.prompt)
+            cases = [Case(prompt=args.prompt)]
         except LabError as err:  # NUL, argv bytes that are not UTF-8, too long: before any model loads
             raise LabError(f"--prompt: {str(err).split(': ', 1)[-1]}") from None
-    cases = [case] if args.prompt is not None else load_prompts(prompts)
+    else:
+        cases = load_prompts(prompts)
     cases = cases[: args.cases] if args.cases else cases
     cases = [
         c.with_overrides(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, seed=args.seed)
@@ -176,8 +177,8 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
         try:
             return _write_profile_artifacts(args, case, out, with_diagnosis)
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is there (each file is whole: atomic)
-            kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-            raise type(getattr(stop, "signal", stop))(f"artifacts written so far in {out}: {', '.join(kept) or 'none'}") from None
+            kept = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))) or "none"
+            raise type(getattr(stop, "signal", stop))(f"artifacts written so far in {out}: {kept}") from None
 
 
 def _write_profile_artifacts(args: argparse.Namespace, case, out: Path, with_diagnosis: bool) -> int:
@@ -279,9 +280,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .env import resolve_device
-    from .notebooks import notebook_paths, run_demo
-
     from .models import check_model
+    from .notebooks import notebook_paths, run_demo
 
     if not args.model.strip():
         raise LabError("--model must not be empty")
