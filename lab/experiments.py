@@ -124,7 +124,8 @@ class Comparison(Record):
                         raise ValueError(f"a run of model {rec.model!r}, not of this run's {model!r}")
                 except (ValueError, TypeError, KeyError, AttributeError) as err:
                     corrupt.append(number)
-                    warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})", stacklevel=2)
+                    warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})",
+                                  stacklevel=2)
                     continue
                 latest[rec.key] = rec  # a retried run supersedes its earlier line
         records = list(latest.values())
