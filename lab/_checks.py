@@ -111,19 +111,61 @@ def check_text(name: str, value: object, *, optional: bool = False) -> str | Non
     return value
 
 
-def read_text_file(path: str | os.PathLike, what: str) -> str:
-    """The UTF-8 text of ``path``; a missing file, a directory or undecodable bytes are ``LabError``."""
+MAX_READ = 64 * 2**20  # bytes: a prompt set, a results file or a record larger than this is not one of ours
+
+
+def read_file_bytes(path: str | os.PathLike, what: str, limit: int = MAX_READ) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit``; a FIFO, a device (``/dev/zero``), a directory,
+    a missing or an oversized file is a ``LabError`` naming it, never a hang or a ``MemoryError``."""
+    import stat
+
     path = Path(path)
-    if path.is_dir():
-        raise LabError(f"{what} {str(path)!r} is a directory; pass a file")
     try:
-        return path.read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise LabError(f"{what} {str(path)!r} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise LabError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
         raise LabError(f"{what} {str(path)!r} cannot be read ({err.strerror or err})") from None
+    if stat.S_ISDIR(mode):
+        raise LabError(f"{what} {str(path)!r} is a directory; pass a file")
+    if not stat.S_ISREG(mode):
+        raise LabError(f"{what} {str(path)!r} is not a regular file (a FIFO, socket or device); pass a file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise LabError(f"{what} {str(path)!r} cannot be read ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise LabError(f"{what} {str(path)!r} is larger than {limit // 2**20} MiB; is it the right file?")
+    return data
+
+
+def read_text_file(path: str | os.PathLike, what: str, limit: int = MAX_READ) -> str:
+    """The UTF-8 text of ``path`` (bounded, see ``read_file_bytes``); undecodable bytes are a ``LabError``."""
+    data = read_file_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LabError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+MAX_PROMPT = 10_000  # characters; CLIP reads 77 tokens, so a longer prompt is a pasted file, not a prompt
+
+
+def check_prompt_text(name: str, value: str) -> str:
+    """No NUL or other control character (tab and newline allowed), valid UTF-8 (argv's undecodable bytes
+    arrive as surrogates), at most ``MAX_PROMPT`` characters."""
+    if len(value) > MAX_PROMPT:
+        raise LabError(f"{name} is {len(value)} characters long; at most {MAX_PROMPT} are allowed")
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            raise LabError(f"{name} holds the byte 0x{ord(ch) - 0xDC00:02x} at character {i}, which is not UTF-8 "
+                           "text; pass the prompt as UTF-8")
+        if ch in "\t\n\r":
+            continue
+        if ord(ch) < 32 or ord(ch) == 127 or "\ud800" <= ch <= "\udfff":
+            raise LabError(f"{name} holds the control character {ch!r} at character {i}; remove it")
+    return value
 
 
 # What a sweep writes before its first result: a folder holding only these holds nothing to keep.

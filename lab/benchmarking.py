@@ -19,6 +19,7 @@ from .denoiser import denoiser
 from .env import Environment, dtype_name
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
+from .paths import file_stem, inside
 from .results import Record, save_image
 from .stats import Latency
 from .timing import StageTimer, StageTimes
@@ -125,6 +126,7 @@ class BenchmarkResult(Record):
     created: str
     weight_bytes: int | None = None
     resources: list[ResourceSample] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C or SIGTERM stopped it: ``cases`` are those that finished
 
     def to_frame(self, full: bool = True):
         """One row per case (pandas DataFrame); ``full=False`` keeps the narrow set ``SUMMARY_COLUMNS``."""
@@ -151,6 +153,14 @@ class BenchmarkResult(Record):
     @property
     def failed(self) -> list[CaseResult]:
         return [c for c in self.cases if c.error]
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM raised as it) during ``benchmark``: ``result`` holds the cases that finished."""
+
+    def __init__(self, result: "BenchmarkResult", signal: KeyboardInterrupt):
+        super().__init__(str(signal))
+        self.result, self.signal = result, signal
 
 
 def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, repeats: int, tick) -> tuple:
@@ -182,7 +192,7 @@ def _case_result(case: Case, first: float, runs: list, output, rss_before: int, 
     latency = Latency.from_values([t.total for t in times])
     image_path = None
     if image_dir is not None:
-        image_path = str(Path(image_dir) / f"{case.name}.png")
+        image_path = str(inside(image_dir, f"{file_stem(case.name)}.png"))  # a case name never escapes image_dir
         save_image(output.images[0], image_path)  # atomic: a full disk leaves no 0-byte PNG
     allocated = [r[2][0] for r in runs if r[2][0] is not None]
     reserved = [r[2][1] for r in runs if r[2][1] is not None]
@@ -238,6 +248,7 @@ def benchmark(
     bar = tqdm(total=len(cases) * (warmup + repeats), desc="benchmark", unit="call", disable=not progress)
     if monitor is not None:
         monitor.start()
+    stopped = None
     try:
         with StageTimer(pipe, device=device) as timer:
             for case in cases:
@@ -249,11 +260,13 @@ def benchmark(
                     results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
                     continue
                 results.append(_case_result(case, first, runs, output, rss_before, image_dir))
+    except KeyboardInterrupt as err:  # the finished cases are handed back with the interrupt
+        stopped = err
     finally:
         bar.close()
         if monitor is not None:
             monitor.stop()
-    return BenchmarkResult(
+    result = BenchmarkResult(
         model=getattr(pipe, "lab_model", type(pipe).__name__),
         pipeline=type(pipe).__name__,
         dtype=dtype_name(denoiser(pipe).dtype),
@@ -266,7 +279,11 @@ def benchmark(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         weight_bytes=sum(weight_bytes(pipe).values()),
         resources=list(monitor.samples) if monitor is not None else [],
+        interrupted=stopped is not None,
     )
+    if stopped is not None:
+        raise BenchmarkInterrupted(result, stopped)
+    return result
 
 
 def timed_loop(pipe, case: Case, repeats: int) -> list[float]:

@@ -12,11 +12,15 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._checks import LabError, writable_dir
+from ._checks import LabError, read_file_bytes, writable_dir
 from .results import Record, atomic_write_bytes
+
+META_LIMIT = 2**20  # bytes of one entry's metadata
+IMAGE_LIMIT = 256 * 2**20  # bytes of one cached PNG
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,21 @@ class ResultCache:
     directory: str | os.PathLike
     max_entries: int = 1000
     stats: CacheStats = field(default_factory=CacheStats)
+    read_only: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) or self.max_entries < 1:
             raise LabError(f"max_entries must be an integer >= 1, got {self.max_entries!r}")
-        self.directory = writable_dir(self.directory)
+        try:
+            self.directory = writable_dir(self.directory)
+        except LabError:
+            if not Path(self.directory).is_dir():
+                raise
+            # an existing folder we cannot write (a read-only mount, a colleague's cache): hits still serve
+            self.directory = Path(self.directory)
+            self.read_only = True
+            warnings.warn(f"cache {str(self.directory)!r} is not writable: cached images are served, new ones are "
+                          "not stored", stacklevel=3)
 
     def _paths(self, key: CacheKey) -> tuple[Path, Path]:
         digest = key.digest()
@@ -82,20 +96,21 @@ class ResultCache:
             self.stats.misses += 1
             return None
         try:
-            stored = json.loads(meta.read_text(encoding="utf-8"))
+            # bounded reads: a FIFO, a device or an oversized file is a corrupt entry (LabError is a ValueError)
+            stored = json.loads(read_file_bytes(meta, "cache metadata", META_LIMIT).decode("utf-8"))
             if not isinstance(stored, dict) or stored.get("key") != asdict(key):
                 raise ValueError("metadata does not match the key")
-            data = png.read_bytes()
+            data = read_file_bytes(png, "cached image", IMAGE_LIMIT)
             # Another entry's valid PNG swapped in would decode fine: only the stored hash tells.
             if stored.get("sha256") != hashlib.sha256(data).hexdigest():
                 raise ValueError("image bytes do not match the stored sha256")
             with Image.open(io.BytesIO(data)) as img:
                 image = img.convert("RGB")
                 image.load()
-        except (OSError, ValueError, SyntaxError):  # PIL raises SyntaxError on some broken headers
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # SyntaxError: some broken headers
             self.stats.corrupt += 1
             self.stats.misses += 1
-            for path in (png, meta):
+            for path in (png, meta) if not self.read_only else ():
                 with contextlib.suppress(OSError):  # a read-only cache: count the miss, keep going
                     if path.is_file() or path.is_symlink():
                         path.unlink()
@@ -155,5 +170,11 @@ class ResultCache:
         if image is not None:
             return image, True
         image = pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **case.pipeline_kwargs()).images[0]
-        self.put(key, image)
+        if self.read_only:
+            warnings.warn(f"image not cached: {str(self.directory)!r} is not writable", stacklevel=2)
+            return image, False
+        try:
+            self.put(key, image)
+        except OSError as err:  # a full disk or a read-only remount: the image is still the caller's
+            warnings.warn(f"image not cached in {str(self.directory)!r}: {err.strerror or err}", stacklevel=2)
         return image, False

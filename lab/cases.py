@@ -8,11 +8,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ._checks import LabError, check_guidance, check_seed, check_size, check_steps, check_text, read_text_file
+from ._checks import (LabError, check_guidance, check_prompt_text, check_seed, check_size, check_steps, check_text,
+                      read_text_file)
 from .env import REPO_ROOT
 from .results import Record
 
 PROMPTS_DIR = REPO_ROOT / "data" / "prompts"
+PROMPT_FILE_LIMIT = 4 * 2**20  # bytes; the shipped sets are a few KB
 
 
 @dataclass
@@ -31,20 +33,33 @@ class Case(Record):
     def __post_init__(self) -> None:
         where = f"case {self.name or self.prompt!r}" if isinstance(self.name, str) else "case"
         try:
-            check_text("prompt", self.prompt)
+            check_prompt_text("prompt", check_text("prompt", self.prompt))
             check_steps(self.steps)
             check_guidance(self.guidance)
-            check_text("negative_prompt", self.negative_prompt, optional=True)
+            if check_text("negative_prompt", self.negative_prompt, optional=True) is not None:
+                check_prompt_text("negative_prompt", self.negative_prompt)
             for side in ("height", "width"):
                 if getattr(self, side) is not None:
                     check_size(getattr(self, side), side)
             check_seed(self.seed)
             if not isinstance(self.name, str):
                 raise LabError(f"name must be a string, got {self.name!r}.")
+            check_prompt_text("name", self.name)
         except LabError as err:
-            raise LabError(f"{where}: {err}") from None
+            raise LabError(f"{where[:120]}: {err}") from None
         if not self.name:
-            self.name = "-".join(self.prompt.lower().split()[:4])
+            self.name = self._default_name()
+
+    def _default_name(self) -> str:
+        """The prompt's first four words as a slug; with a short hash of the prompt and parameters whenever that
+        slug is not the whole prompt, so prompts sharing their first words keep their own names (and files)."""
+        from .paths import short_hash, slug
+
+        words = slug(" ".join(self.prompt.split()[:4]))
+        if words and words == "-".join(self.prompt.lower().split()) and len(words) <= 48:
+            return words
+        params = {k: v for k, v in self.to_dict().items() if k != "name"}
+        return f"{words or 'case'}-{short_hash(params, length=6)}"
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a diffusers text-to-image ``__call__`` (no generator)."""
@@ -87,7 +102,7 @@ def load_prompts(path: str | os.PathLike = "seed002") -> list[Case]:
         if path.name not in shipped:
             raise LabError(f"unknown prompt set {str(path)!r}; shipped sets: {', '.join(shipped)}, or a .json path")
         path = PROMPTS_DIR / f"{path.name}.json"
-    text = read_text_file(path, "prompt file")  # missing, a directory, not UTF-8: one clear line
+    text = read_text_file(path, "prompt file", limit=PROMPT_FILE_LIMIT)  # missing, a FIFO, /dev/zero, not UTF-8
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

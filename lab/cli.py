@@ -9,9 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._checks import (MAX_SEED, MAX_SIZE, MAX_STEPS, LabError, bounded_int, check_guidance, check_seed, check_size,
-                      check_steps, choose, finite_number, output_dir, positive_int)
+                      check_steps, choose, finite_number, output_dir, positive_int, writable_dir)
+from .paths import run_lock
 
 DEFAULT_MODEL = "tiny"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every command stops through the same clean-up (exit 143)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,26 +113,46 @@ def _cases(args: argparse.Namespace):
     from .cases import default_prompts
 
     prompts = args.prompts if args.prompts is not None else default_prompts(args.model)
-    cases = [Case(prompt=args.prompt)] if args.prompt is not None else load_prompts(prompts)
+    if args.prompt is not None:
+        try:
+            cases = [Case(prompt=args.prompt)]
+        except LabError as err:  # NUL, argv bytes that are not UTF-8, too long: before any model loads
+            raise LabError(f"--prompt: {str(err).split(': ', 1)[-1]}") from None
+    else:
+        cases = load_prompts(prompts)
     cases = cases[: args.cases] if args.cases else cases
-    return [
+    cases = [
         c.with_overrides(steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, seed=args.seed)
         for c in cases
     ]
+    from .memory import check_fits
+
+    # a size this machine cannot hold is refused now; a large one says why its first call is long
+    check_fits(args.model, [(c.height, c.width) for c in cases], args.dtype,
+               echo=lambda line: print(line, file=sys.stderr))
+    return cases
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _validate_model_args(args)
     cases = _cases(args)
-    from .benchmarking import benchmark
+    from .benchmarking import BenchmarkInterrupted, benchmark
     from .prepare import load_pipeline
     from .results import atomic_write_text
 
-    with output_dir(args.out) as out:  # removed again if the model fails to load
+    # locked: a second bench into this --out fails at once; removed again if the model fails to load
+    with output_dir(args.out) as out, run_lock(out):
         pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler)
-        result = benchmark(
-            pipe, cases, warmup=args.warmup, repeats=args.repeats, image_dir=out / "images", progress=not args.quiet
-        )
+        try:
+            result = benchmark(pipe, cases, warmup=args.warmup, repeats=args.repeats, image_dir=out / "images",
+                               progress=not args.quiet)
+        except BenchmarkInterrupted as stop:  # Ctrl-C or SIGTERM: keep what finished, recorded
+            if not stop.result.cases:
+                raise type(stop.signal)("before any case finished; nothing was recorded") from None
+            path = stop.result.save(out / "results.json")
+            atomic_write_text(out / "results.md", stop.result.to_markdown() + "\n")
+            raise type(stop.signal)(f"{len(stop.result.cases)} of {len(cases)} cases finished, recorded in "
+                                    f"{path}") from None
         path = result.save(out / "results.json")
         atomic_write_text(out / "results.md", result.to_markdown() + "\n")
     print(result.to_markdown())
@@ -145,8 +170,12 @@ def _profile_artifacts(args: argparse.Namespace, with_diagnosis: bool) -> int:
     case = _cases(args)[0]
     if args.record_steps > case.steps:
         raise LabError(f"--record-steps {args.record_steps} is more than the case's {case.steps} steps")
-    with output_dir(args.out) as out:  # removed again if the model fails to load
-        return _write_profile_artifacts(args, case, out, with_diagnosis)
+    with output_dir(args.out) as out, run_lock(out):  # removed again if the model fails to load
+        try:
+            return _write_profile_artifacts(args, case, out, with_diagnosis)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is there (each file is whole: atomic)
+            kept = ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))) or "none"
+            raise type(getattr(stop, "signal", stop))(f"artifacts written so far in {out}: {kept}") from None
 
 
 def _write_profile_artifacts(args: argparse.Namespace, case, out: Path, with_diagnosis: bool) -> int:
@@ -246,19 +275,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     comparison = Comparison.load(run_dir)
     if not any(r.status == "ok" for r in comparison.records):
         raise LabError(f"{str(run_dir / RESULTS)!r} holds no finished run to report on")
-    paths = report(comparison, args.out or run_dir, recipe=args.recipe,
-                   thresholds=QualityThresholds(ssim_min=args.ssim_min, psnr_min=args.psnr_min))
+    out = writable_dir(args.out or run_dir)
+    with run_lock(out):  # a second report (or a compare still writing) into this folder fails at once
+        paths = report(comparison, out, recipe=args.recipe,
+                       thresholds=QualityThresholds(ssim_min=args.ssim_min, psnr_min=args.psnr_min))
     print(f"report: {paths['markdown']}\n        {paths['html']}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .env import resolve_device
+    from .models import check_model
     from .notebooks import notebook_paths, run_demo
 
     if not args.model.strip():
         raise LabError("--model must not be empty")
+    check_model(args.model)  # a missing folder is refused before any notebook starts
     resolve_device(args.device)
+    if args.notebooks is not None and not all(n.strip() for n in args.notebooks):
+        raise LabError("--notebooks needs non-empty names (e.g. 01); leave it out to run every notebook")
     paths = notebook_paths(args.notebooks)
     if args.notebooks is not None and not paths:
         available = [p.stem for p in notebook_paths()]
@@ -273,13 +308,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import FluxTrainConfig, TrainConfig, train, train_flux
+    from .training import FluxTrainConfig, TrainConfig, check_out, train, train_flux
 
     config_cls, run = (FluxTrainConfig, train_flux) if args.model == "tiny-flux" else (TrainConfig, train)
     config = config_cls.smoke() if args.smoke else config_cls()
     if args.seed is not None:
         config.seed = args.seed
-    report = run(args.out, config, work=args.work, progress=not args.quiet)
+    out = check_out(args.out)  # a file or a folder of other files: refused before any checkpoint is written
+    work = writable_dir(args.work or out.with_name(out.name + ".work"))
+    with run_lock(work):  # two trainings into one checkpoint folder would corrupt each other's checkpoints
+        report = run(out, config, work=work, progress=not args.quiet)
     print(f"trained in {sum(report.seconds.values()) / 60:.1f} min; final losses {report.final_loss}; -> {args.out}")
     return 0
 
@@ -299,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lab",
         description="diffusion-lab: profile, benchmark and optimize diffusers pipelines (offline by default).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"diffusion-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="benchmark a pipeline over a prompt set; writes results.json and images")
@@ -401,6 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     if getattr(args, "quiet", False):
         os.environ.setdefault("TQDM_DISABLE", "1")
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise Terminated("terminated")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None  # stop like Ctrl-C, cleanly
     try:
         return args.func(args)
     except ValueError as err:  # LabError, and bad values found deeper (UnicodeDecodeError, JSONDecodeError)
@@ -410,6 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only remount, a permission: the run can be resumed
         print(f"error: {_os_error(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated: what was kept, in one line
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        detail = str(stop) if str(stop) not in ("", what) else ""
+        print(f"{what}" + (f": {detail}" if detail else ""), file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -20,27 +20,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import LabError, check_seed, output_dir, positive_int
+from ._checks import LabError, check_seed, output_dir, positive_int, read_file_bytes
 from .benchmarking import StageSummary
 from .cases import Case
 from .env import RecipeEnv
 from .fidelity import Fidelity
 from .memory import model_peak_mb
+from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
 from .stats import Latency
 
 RESULTS = "results.jsonl"
+RESULTS_LIMIT = 1024 * 2**20  # bytes: a million runs' lines; beyond it the file is not a results file
 META = "comparison.json"
-LOCK = ".lock"
 # what a notebook or report shows by default: one screen wide
 SUMMARY_COLUMNS = ("status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb", "ssim", "psnr",
                    "fidelity_rel_err", "outliers", "reason")
 DONE = ("ok", "skipped")
+STATUSES = ("ok", "error", "oom", "skipped")
 
 
 def slug(recipe: str) -> str:
-    """A folder name for a recipe string."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", recipe)
+    """A folder name for a recipe string (bounded; a short hash where the plain name would not be safe)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", recipe)
+    return name if len(name) <= 80 and name.strip(".") else f"{name[:60].strip('.') or 'r'}-{short_hash(recipe)}"
 
 
 @dataclass
@@ -70,6 +73,14 @@ class RunRecord(Record):
     created: str = ""
     fidelity: Fidelity | None = None  # first-step update against the baseline's (lab.fidelity)
     fidelity_note: str | None = None  # why there is none
+    model: str = ""  # the model the row was measured on ("" in rows written before it was recorded)
+
+    def __post_init__(self) -> None:
+        # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        if self.status == "ok" and not isinstance(self.latency, Latency):
+            raise ValueError("an 'ok' run has no latency")
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -98,23 +109,26 @@ class Comparison(Record):
         path = Path(out) / RESULTS
         latest: dict[tuple, RunRecord] = {}
         corrupt: list[int] = []
+        info = _read_meta(Path(out))
+        if info:
+            model, baseline = model or info.get("model", ""), baseline or info.get("baseline")
         if path.exists():
-            text = path.read_bytes().decode("utf-8", errors="replace")  # a torn multibyte char is one bad line
+            # bounded, and a FIFO or a device is refused (never a hang); a torn multibyte char is one bad line
+            text = read_file_bytes(path, "results file", RESULTS_LIMIT).decode("utf-8", errors="replace")
             for number, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
                     rec = RunRecord.from_dict(json.loads(line))
-                except (ValueError, TypeError, KeyError) as err:
+                    if model and rec.model and rec.model != model:
+                        raise ValueError(f"a run of model {rec.model!r}, not of this run's {model!r}")
+                except (ValueError, TypeError, KeyError, AttributeError) as err:
                     corrupt.append(number)
                     warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})",
                                   stacklevel=2)
                     continue
                 latest[rec.key] = rec  # a retried run supersedes its earlier line
         records = list(latest.values())
-        info = _read_meta(Path(out))
-        if info:
-            model, baseline = model or info.get("model", ""), baseline or info.get("baseline")
         baseline = baseline or (records[0].recipe if records else "")
         return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt)
 
@@ -303,18 +317,27 @@ def repair_results(path: str | os.PathLike) -> int:
     return len(fragment)
 
 
+# the keys of comparison.json and the types a resume relies on
+_META_TYPES = {"model": str, "baseline": str, "dtype": str, "recipes": list, "identity": dict}
+
+
 def _read_meta(out: Path) -> dict | None:
-    """``comparison.json`` as a dict, or None when absent; unreadable or not an object: a warning and None."""
+    """``comparison.json`` as a dict, or None when absent; unreadable, not an object or holding a key of the
+    wrong type: a warning and None (so a resume cannot check it, and refuses)."""
     meta = out / META
     if not meta.exists():
         return None
     try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        info = json.loads(read_file_bytes(meta, "run settings", 2**20).decode("utf-8"))
+    except (OSError, ValueError) as err:  # LabError (a FIFO, too large) is a ValueError
         warnings.warn(f"{meta}: unreadable ({type(err).__name__}: {err})", stacklevel=3)
         return None
     if not isinstance(info, dict):
         warnings.warn(f"{meta}: not a JSON object", stacklevel=3)
+        return None
+    wrong = [k for k, tp in _META_TYPES.items() if k in info and not isinstance(info[k], tp)]
+    if wrong or not all(isinstance(r, str) for r in info.get("recipes", [])):
+        warnings.warn(f"{meta}: {', '.join(wrong) or 'recipes'} of the wrong type", stacklevel=3)
         return None
     return info
 
@@ -346,34 +369,6 @@ def _check_resume(out: Path, info: dict | None, identity: dict, baseline: str, h
         detail = "; ".join(d if " " in d else f"{d} (prompts, steps, size, guidance or seed differ)" for d in diffs)
         raise LabError(f"run directory {str(out)!r} was made with other settings: {detail}. Resume it with the "
                        "same settings (new recipes may be added), or pass a new --out")
-
-
-@contextlib.contextmanager
-def run_lock(out: Path):
-    """Hold an exclusive lock on ``<out>/.lock`` for the whole sweep; a second process fails at once."""
-    import fcntl
-    import socket
-    import sys
-
-    path = out / LOCK
-    # Read-only descriptor: flock does not need write access, and an open writable file would keep the
-    # file system from being remounted read-only (the note below is written through a short-lived one).
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "another process"
-            raise LabError(f"run directory {str(out)!r} is in use by {holder}; wait for it to finish or pass "
-                           "another --out") from None
-        info = (f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} "
-                f"({' '.join(sys.argv)[:200]!r})")
-        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as note:
-            note.write(info)  # the lock itself is what matters; the note names the holder to a second process
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock; the file stays (unlinking it would race a waiter)
 
 
 def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
@@ -408,8 +403,8 @@ def _fidelity(pipe, case: Case, out: Path, recipe: str, baseline: str, plans: di
         update = first_step_update(pipe, case)
     except Exception as err:  # a metric that cannot be taken never fails the run
         return None, f"first-step update failed: {type(err).__name__}: {err}"
-    save_update(update, out / "fidelity" / slug(recipe) / f"{name}.safetensors")
-    reference = out / "fidelity" / slug(baseline) / f"{name}.safetensors"
+    save_update(update, inside(out, "fidelity", slug(recipe), f"{file_stem(name)}.safetensors"))
+    reference = inside(out, "fidelity", slug(baseline), f"{file_stem(name)}.safetensors")
     if not reference.exists():
         return None, "no baseline update to compare with"
     return Fidelity.between(update, load_update(reference)), None
@@ -522,6 +517,8 @@ def _open_run(out: Path, model: str, baseline: str, recipes: list[str], dtype: s
     from .env import Environment
 
     path = out / RESULTS
+    if path.exists() or path.is_symlink():
+        read_file_bytes(path, "results file", RESULTS_LIMIT)  # a FIFO, a device or a dangling link: refused now
     info = _read_meta(out)
     repair_results(path)
     _check_resume(out, info, identity, baseline, path.exists() and path.stat().st_size > 0)
@@ -581,13 +578,14 @@ class _Sweep:
 
         run_case = case.with_overrides(seed=seed, **self.plans[text].case_overrides())
         record = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if skipped else "error",
+                           model=self.model,
                            prompt=run_case.prompt, steps=run_case.steps, guidance=run_case.guidance, error=error,
                            apply_s=apply_s, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         if pipe is None:
             return record
         name = f"{case.name}-s{seed}"
         result = benchmark(pipe, run_case.with_overrides(name=name), warmup=self.warmup, repeats=self.repeats,
-                           image_dir=self.out / "images" / slug(text), progress=False)
+                           image_dir=inside(self.out, "images", slug(text)), progress=False)
         c = result.cases[0]
         if c.error:
             record.status, record.error = _status(c.error), c.error
@@ -597,7 +595,7 @@ class _Sweep:
             setattr(record, field_name, getattr(c, field_name))
         record.weight_bytes = weight_bytes(pipe)
         record.image = str(Path(c.image).relative_to(self.out))
-        reference = self.out / "images" / slug(self.baseline) / f"{name}.png"
+        reference = inside(self.out, "images", slug(self.baseline), f"{file_stem(name)}.png")
         if reference.exists():
             record.ssim, record.psnr = ssim(c.image, reference), psnr(c.image, reference)
         record.fidelity, record.fidelity_note = _fidelity(pipe, run_case, self.out, text, self.baseline, self.plans,

@@ -32,7 +32,7 @@ def make_lora(pipe, path: str | os.PathLike, *, rank: int = 4, seed: int = 0, st
     path.parent.mkdir(parents=True, exist_ok=True)
     name, source = denoiser_name(pipe), denoiser(pipe)
     copy = type(source).from_config(source.config)
-    copy.load_state_dict(source.state_dict())
+    copy.load_state_dict(_base_state(source))
     copy.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)
@@ -47,6 +47,16 @@ def make_lora(pipe, path: str | os.PathLike, *, rank: int = 4, seed: int = 0, st
     return path
 
 
+def _base_state(module) -> dict:
+    """The denoiser's own weights, without the peft layers of a LoRA it already holds (as the base weights read)."""
+    state = module.state_dict()
+    if getattr(module, "peft_config", None) is None:
+        return state
+    if any(getattr(layer, "merged", False) for layer in module.modules()):
+        raise LabError("the pipeline holds a fused LoRA; call lab.lora.unfuse(pipe) before make_lora")
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+
+
 def _check_file(path: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
@@ -54,14 +64,21 @@ def _check_file(path: Path) -> None:
         raise LabError(f"LoRA path {str(path)!r} is a directory, pass the .safetensors file inside it")
     if not path.is_file():
         raise LabError(f"LoRA file {str(path)!r} does not exist")
+    import torch
+
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
+            # a LoRA of NaN or inf turns every image black: refused here, not found in the next image
+            bad = [k for k in keys if (t := f.get_tensor(k)).is_floating_point() and not bool(torch.isfinite(t).all())]
     except (SafetensorError, OSError, ValueError) as err:
         raise LabError(f"LoRA file {str(path)!r} is not a readable safetensors file ({err}); only safetensors "
                        "LoRAs are loaded (never pickled .bin/.ckpt)") from None
     if not keys:
         raise LabError(f"LoRA file {str(path)!r} holds no tensors")
+    if bad:
+        raise LabError(f"LoRA file {str(path)!r} holds NaN or infinite weights in {len(bad)} of {len(keys)} tensors "
+                       f"(first: {bad[0]}); it would turn every image black")
 
 
 def _lora_modules(pipe) -> dict[str, object]:

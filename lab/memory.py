@@ -82,3 +82,68 @@ def model_peak_mb(weight_bytes: int, peak_rss_mb: float | None, rss_before_mb: f
     if peak_rss_mb is None or rss_before_mb is None:
         return None
     return weight_bytes / 2**20 + max(peak_rss_mb - rss_before_mb, 0.0)
+
+
+def _configs(model: str) -> tuple[dict, dict] | None:
+    """(vae config, denoiser config) of an embedded model or a local folder, read without loading; None for a
+    hub id or a folder whose configs cannot be read."""
+    import json
+    from pathlib import Path
+
+    from .models import EMBEDDED
+
+    folder = EMBEDDED[model].folder if model in EMBEDDED else Path(model).expanduser()
+    try:
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        denoiser_file = next(p for p in (folder / "unet" / "config.json", folder / "transformer" / "config.json")
+                             if p.is_file())
+        denoiser = json.loads(denoiser_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration):
+        return None
+    return (vae, denoiser) if isinstance(vae, dict) and isinstance(denoiser, dict) else None
+
+
+def estimate_image_bytes(model: str, height: int | None, width: int | None, dtype: str = "fp32") -> int | None:
+    """A lower estimate of the activation memory one image of ``height`` × ``width`` needs (None: unknown).
+
+    What grows with the image: the VAE decoder's last block holds about four tensors of its first-block
+    channels at full resolution, and the denoiser (batch 2 under guidance) keeps about a dozen skip tensors of
+    its first-block channels at latent resolution. Attention runs through SDPA, which does not hold the
+    tokens² score matrix. Weights are not counted (they do not grow with the size).
+    """
+    configs = _configs(model)
+    if configs is None:
+        return None
+    vae, denoiser = configs
+    channels = vae.get("block_out_channels") or [128]
+    factor = 2 ** (len(channels) - 1)
+    sample = denoiser.get("sample_size")
+    default = sample * factor if isinstance(sample, int) else 512
+    height, width = height or default, width or default
+    element = 2 if dtype in ("fp16", "bf16") else 4
+    first = denoiser.get("block_out_channels") or [denoiser.get("num_attention_heads", 8) *
+                                                   denoiser.get("attention_head_dim", 64)]
+    vae_bytes = 4 * channels[0] * height * width * element
+    denoiser_bytes = 2 * 12 * first[0] * (height // factor) * (width // factor) * element
+    return vae_bytes + denoiser_bytes
+
+
+def check_fits(model: str, sizes: list[tuple[int | None, int | None]], dtype: str = "fp32",
+               echo=None) -> int | None:
+    """Refuse (``LabError``) an image size whose estimated memory exceeds what this machine has free; say so
+    (``echo``) when it needs over a quarter of it, since its first call will be long. Returns the estimate."""
+    from ._checks import LabError
+
+    worst = max(((estimate_image_bytes(model, h, w, dtype) or 0, h, w) for h, w in sizes), default=(0, None, None))
+    need, height, width = worst
+    if not need:
+        return None
+    free = psutil.virtual_memory().available
+    size = f"{height}x{width}" if height else "the model's default size"
+    if need > free:
+        raise LabError(f"an image of {size} needs about {need / 2**30:.1f} GiB for activations on {model!r} "
+                       f"({dtype}), and this machine has {free / 2**30:.1f} GiB available; pass a smaller --size")
+    if need > free / 4 and echo is not None:
+        echo(f"note: an image of {size} needs about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB "
+             "available; each call is long (the progress bar moves once per call)")
+    return need

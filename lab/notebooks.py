@@ -73,8 +73,9 @@ def run_notebook(path: Path, out: str | os.PathLike, *, timeout: int | None = No
     workdir = writable_dir(Path(out) / path.stem)
     nb = nbformat.read(path, as_version=4)
     # the kernel's own log is a warning about TCP on loopback per notebook: noise in a headless run
+    # shutdown_kernel="immediate": on Ctrl-C or SIGTERM the kernel is killed, not waited for (a minute)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}},
-                            extra_arguments=["--log-level=ERROR"])
+                            extra_arguments=["--log-level=ERROR"], shutdown_kernel="immediate")
     # the kernel inherits this process's environment; lab importable even without an install
     env = {**(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     saved = {k: os.environ.get(k) for k in env}
@@ -93,8 +94,13 @@ def run_notebook(path: Path, out: str | os.PathLike, *, timeout: int | None = No
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        # nbclient's own SIGINT/SIGTERM handler kills the kernel, and the cell then fails with another error
+        signalled = hasattr(client, "_async_cleanup_kernel_future")
+        error = "interrupted (SIGINT or SIGTERM)" if signalled else error
         executed = workdir / path.name
         nbformat.write(nb, executed)  # what ran is kept, whatever stopped it
+    if signalled:
+        raise KeyboardInterrupt(f"{path.name} stopped; what ran is saved in {executed}")
     return NotebookRun(str(path), str(executed), time.perf_counter() - start, error)
 
 
@@ -193,17 +199,28 @@ def run_demo(out: str | os.PathLike, paths: Sequence[Path] | None = None, *, env
              timeout: int | None = None, prepare: bool = True,
              echo: Callable[[str], None] = print) -> tuple[list[NotebookRun], dict[str, Path]]:
     """The main job: one-time setup, then every notebook (a failure never stops the next), then the index."""
+    from .paths import run_lock
+
     out = writable_dir(out)
     paths = list(paths if paths is not None else notebook_paths())
-    start = time.perf_counter()
-    prepared = prepare_demo(echo) if prepare else {}
-    runs = []
-    for i, path in enumerate(paths, start=1):
-        echo(f"[{i}/{len(paths)}] running {path.name} ...")
-        run = run_notebook(path, out, timeout=timeout, env=env)
-        echo(f"  {'FAILED: ' + run.error if run.error else 'ok'} in {run.seconds:.0f} s -> {run.executed}")
-        runs.append(run)
-    index = write_index(out, runs, total_s=time.perf_counter() - start, prepare=prepared)
-    atomic_write_text(out / "runs.json", json.dumps([asdict(r) for r in runs], indent=2))
-    echo(f"\nindex of every artifact: {index['html'].resolve()} (and index.md)")
+    with run_lock(out):  # a second demo into this folder fails at once
+        start = time.perf_counter()
+        prepared = prepare_demo(echo) if prepare else {}
+        runs: list[NotebookRun] = []
+        try:
+            for i, path in enumerate(paths, start=1):
+                echo(f"[{i}/{len(paths)}] running {path.name} ...")
+                began = time.perf_counter()
+                try:
+                    run = run_notebook(path, out, timeout=timeout, env=env)
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: its executed copy is saved; index what ran
+                    runs.append(NotebookRun(str(path), str(Path(out) / path.stem / path.name),
+                                            time.perf_counter() - began, "interrupted"))
+                    raise
+                echo(f"  {'FAILED: ' + run.error if run.error else 'ok'} in {run.seconds:.0f} s -> {run.executed}")
+                runs.append(run)
+        finally:
+            index = write_index(out, runs, total_s=time.perf_counter() - start, prepare=prepared)
+            atomic_write_text(out / "runs.json", json.dumps([asdict(r) for r in runs], indent=2))
+            echo(f"\nindex of every artifact: {index['html'].resolve()} (and index.md)")
     return runs, index

@@ -28,6 +28,7 @@ from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
 from .env import Environment
 from .denoiser import STEP_PREFIX, canonical_stage
+from .paths import file_stem, inside
 from .results import Record, atomic_write_text
 
 RANGE_PREFIX = "lab:"
@@ -339,7 +340,7 @@ def profile(
     device = str(pipe.device)
     on_cuda = device.startswith("cuda")
     model = getattr(pipe, "lab_model", type(pipe).__name__)
-    run_name = run_name or f"{Path(model).name}-{case.name}"
+    run_name = file_stem(run_name or f"{Path(model).name}-{case.name}")  # a prompt never becomes a path
     kwargs = case.with_overrides(steps=record_steps).pipeline_kwargs()
     for _ in range(warmup):
         pipe(generator=torch.Generator("cpu").manual_seed(case.seed), **kwargs)
@@ -349,9 +350,9 @@ def profile(
     messages: list[str] = []
     snapshot_path = snapshot_bytes = None
     tb_dir = out / "tensorboard"
-    run_dir = tb_dir / run_name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # one trace per run folder, so TensorBoard shows this call only
+    run_dir = inside(tb_dir, run_name)
+    for old in run_dir.glob("*.pt.trace.json"):  # one trace per run folder, so TensorBoard shows this call only;
+        old.unlink()  # only the traces lab wrote go: nothing else in the folder is touched
     with captured_stderr(messages):
         if on_cuda and memory_snapshot:
             torch.cuda.memory._record_memory_history(max_entries=snapshot_max_entries, stacks="python")
@@ -390,7 +391,9 @@ def profile(
         if profile_memory and with_stack and record_shapes:
             timeline_path = out / "memory_timeline.html"
             prof.export_memory_timeline(str(timeline_path), device="cuda:0" if on_cuda else "cpu")
-    trace_path = next(run_dir.glob("*.pt.trace.json"))
+    trace_path = next(run_dir.glob("*.pt.trace.json"), None)
+    if trace_path is None:
+        raise LabError(f"torch.profiler wrote no trace into {str(run_dir)!r}")
     if profile_memory and not timeline_path:
         notes.append("no memory timeline: torch's export_memory_timeline needs with_stack=True and record_shapes=True")
     if messages:

@@ -16,23 +16,53 @@ from typing import Any, BinaryIO, ClassVar, TypeVar
 T = TypeVar("T", bound="Record")
 
 
-def _decode(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _kind(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _decode(tp: Any, value: Any, where: str = "value") -> Any:
+    """``value`` read from JSON as the annotation ``tp``; a value of another type is a ``TypeError`` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _decode(inner[0], value) if len(inner) == 1 else value
+        if value is None:
+            if type(None) in args:
+                return None
+            raise TypeError(f"{where} must be {_kind(tp)}, got None")
+        errors = []
+        for inner in (a for a in args if a is not type(None)):
+            try:
+                return _decode(inner, value, where)
+            except (TypeError, ValueError, AttributeError) as err:
+                errors.append(err)
+        raise errors[0] if len(errors) == 1 else TypeError(f"{where} must be {_kind(tp)}, got {value!r:.80}")
+    if value is None:
+        if tp in (int, float, str, bool):
+            raise TypeError(f"{where} must be {tp.__name__}, got None")
+        return None
     if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where} must be a {tp.__name__} object, got {value!r:.80}")
         return tp.from_dict(value)
+    expected = {int: int, float: (int, float), str: str, bool: bool, list: (list, tuple), tuple: (list, tuple),
+                dict: dict}.get(origin or tp)
+    if expected is not None and (not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))):
+        raise TypeError(f"{where} must be {_kind(tp)}, got {value!r:.80}")
+    if tp is float:
+        return float(value)
     if origin is list:
-        return [_decode(args[0], v) for v in value] if args else list(value)
+        return [_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
     if origin is tuple:
         return tuple(value)
     if origin is dict:
-        return {k: _decode(args[1], v) for k, v in value.items()} if args else dict(value)
+        return {k: _decode(args[1], v, f"{where}[{k!r}]") for k, v in value.items()} if args else dict(value)
     return value
+
+
+# the permissions a plain open() would give a new file (mkstemp's are 0600); read once, at import
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -44,6 +74,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # a colleague's report on a shared machine must be able to read it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -82,13 +113,15 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_dict: expected a JSON object, got {data!r:.80}")
         hints = typing.get_type_hints(cls)
         data = {cls.renamed.get(k, k): v for k, v in data.items()}
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"{cls.__name__}.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**{k: _decode(hints[k], v) for k, v in data.items()})
+        return cls(**{k: _decode(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()})
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
@@ -104,4 +137,6 @@ class Record:
 
     @classmethod
     def load(cls: type[T], path: str | os.PathLike) -> T:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        from ._checks import read_text_file
+
+        return cls.from_json(read_text_file(path, f"{cls.__name__} file"))  # bounded; a FIFO or device refused

@@ -281,6 +281,20 @@ def train_unet(c: TrainConfig, latents, captions: list[str], tokenizer, work: Pa
     return _Unet(unet.eval(), text_encoder.eval(), losses, clock.read())
 
 
+def check_out(out: str | Path) -> Path:
+    """``out`` as a training destination: absent, empty, or a folder a previous training wrote (it is replaced
+    at the end); a file or a folder holding anything else is refused before any training or checkpoint."""
+    if not isinstance(out, (str, Path)) or not str(out).strip():
+        raise LabError(f"--out must be a non-empty path, got {out!r}")
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise LabError(f"--out {str(out)!r} is a file, not a folder; pass a new folder for the trained model")
+    if out.is_dir() and any(out.iterdir()) and not (out / "training.json").is_file():
+        raise LabError(f"--out {str(out)!r} holds files that are not a model lab trained (no training.json); "
+                       "training would replace them: pass a new or empty folder")
+    return out
+
+
 def train(out: str | Path, config: TrainConfig | None = None, *, work: str | Path | None = None,
           progress: bool = True) -> TrainReport:
     """Train both phases (resuming from checkpoints in ``work``) and write a diffusers folder to ``out``.
@@ -300,7 +314,7 @@ def train(out: str | Path, config: TrainConfig | None = None, *, work: str | Pat
         positive_int(name, getattr(c, name))
     if not 0 <= c.cfg_dropout < 1:
         raise LabError(f"cfg_dropout must be in [0, 1), got {c.cfg_dropout!r}")
-    out = Path(out)
+    out = check_out(out)
     work = writable_dir(work or out.with_name(out.name + ".work"))
     saved = work / "config.json"
     if saved.is_file() and TrainConfig.load(saved) != c:

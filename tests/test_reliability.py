@@ -62,6 +62,8 @@ def _files(tmp: Path) -> dict[str, Path]:
         "listindex": tmp / "list-index-model",
         "file": tmp / "plain-file",
         "emptyrun": tmp / "empty-run",
+        "nulcase": tmp / "nul-case.json",
+        "fiforun": tmp / "fifo-run",
     }
     bad["dir"].mkdir()
     bad["latin1"].write_bytes('{"cases": [{"prompt": "caf\xe9"}]}'.encode("latin-1"))
@@ -74,6 +76,9 @@ def _files(tmp: Path) -> dict[str, Path]:
     bad["file"].write_text("")
     bad["emptyrun"].mkdir()
     (bad["emptyrun"] / RESULTS).write_text("")
+    bad["nulcase"].write_text(json.dumps({"cases": [{"prompt": "fine"}, {"prompt": "a\u0000b"}]}))
+    bad["fiforun"].mkdir()
+    os.mkfifo(bad["fiforun"] / RESULTS)  # a reader that opened it would wait for a writer forever
     return bad
 
 
@@ -146,8 +151,19 @@ BAD_CLI = [
     (["report", "{file}"], ["is not a directory"]),
     (["report", "{dir}"], ["not a compare run directory"]),
     (["report", "{emptyrun}"], ["no finished run"]),
+    # prompt text (issue 23): checked before any model loads, naming the file and the case
+    (["bench", "--prompt", "a\x00b"], ["--prompt", "control character"]),
+    (["bench", "--prompt", "caf\udce9"], ["--prompt", "0xe9", "not UTF-8"]),  # how argv hands over a Latin-1 byte
+    (["bench", "--prompt", "x" * 10_001], ["--prompt", "10000"]),
+    (["bench", "--prompts", "{nulcase}"], ["{nulcase}", "case 1", "control character"]),
+    (["bench", "--prompts", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+    (["report", "{fiforun}"], ["not a compare run directory"]),
+    (["train", "--out", "{file}"], ["{file}", "is a file"]),
+    (["train", "--out", "{emptyrun}"], ["{emptyrun}", "not a model lab trained"]),
     # wrong fallbacks
     (["demo", "--notebooks", "99"], ["'99'", "01_"]),
+    (["demo", "--notebooks", ""], ["--notebooks", "non-empty"]),
+    (["demo", "--model", "./no/such/folder"], ["no such folder"]),
     (["demo", "--device", "tpu"], ["'tpu'"]),
     (["recipes", "--priority", "fast"], ["'fast'", "quality, balance, speed"]),
     (["recipes", "--device", "tpu"], ["'tpu'"]),
