@@ -118,7 +118,8 @@ def estimate_image_bytes(model: str, height: int | None, width: int | None, dtyp
     channels = vae.get("block_out_channels") or [128]
     factor = 2 ** (len(channels) - 1)
     sample = denoiser.get("sample_size")
-    default = sample * factor if isinstance(sample, int) else 512
+    # Flux transformers have no sample_size: the VAE's is the native size (as lab.models.default_size reads it)
+    default = sample * factor if isinstance(sample, int) else vae.get("sample_size", 512)
     height, width = height or default, width or default
     element = 2 if dtype in ("fp16", "bf16") else 4
     first = denoiser.get("block_out_channels") or [denoiser.get("num_attention_heads", 8) *
