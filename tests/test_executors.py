@@ -67,7 +67,7 @@ def test_the_parent_computes_quality_from_what_the_worker_sent(two_slots):
     base, bf16 = cmp.record("fp32", "c"), cmp.record("bf16", "c")
     assert base.ssim == 1.0 and 0.3 < bf16.ssim < 1.0
     assert (out / bf16.image).stat().st_size > 0 and (out / "fidelity" / "bf16" / "c-s0.safetensors").exists()
-    assert bf16.fidelity.cosine > 0.99 and base.fidelity.rel_error == 0.0
+    assert 0 < bf16.fidelity.cosine < 1 and bf16.fidelity.rel_error > 0 and base.fidelity.rel_error == 0.0
     assert len(_lines(out)) == 2
 
 
@@ -152,15 +152,15 @@ def test_compile_unet_tuned_inductor_globals_stay_in_its_worker(tmp_path, monkey
     before = {key: getattr(inductor, key) for key in TUNED_INDUCTOR}
     assert before != TUNED_INDUCTOR  # torch's defaults differ from the recipe's settings
 
-    isolated = compare("tiny-random", ["fp32", "compile-unet-tuned"], [CASE], out=tmp_path / "isolated", **RUN)
+    isolated = compare("tiny-random", ["compile-unet-tuned"], [CASE], out=tmp_path / "isolated", **RUN)
     assert isolated.record("compile-unet-tuned", "c").status == "ok"  # it applied, in its worker
     assert {key: getattr(inductor, key) for key in TUNED_INDUCTOR} == before
 
     check = recipe.check_fn
-    with inductor.patch({}):  # restores the config after the in-process run below leaks into it
+    with inductor.patch(dict(before)):  # puts the config back after the in-process run below leaks into it
         object.__setattr__(recipe, "check_fn", None)  # Recipe is frozen
         try:
-            compare("tiny-random", ["fp32", "compile-unet-tuned"], [CASE], out=tmp_path / "in-process",
+            compare("tiny-random", ["compile-unet-tuned"], [CASE], out=tmp_path / "in-process",
                     **{**RUN, "isolate": False})
             assert {key: getattr(inductor, key) for key in TUNED_INDUCTOR} == TUNED_INDUCTOR  # the leak
         finally:
