@@ -111,14 +111,15 @@ def _sweep_script(out: Path, executor: str) -> list[str]:
 
 
 def test_the_parent_killed_mid_sweep_and_restarted_runs_only_what_is_missing(tmp_path):
-    parent = subprocess.Popen(_sweep_script(tmp_path, "'local'"), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(_sweep_script(tmp_path, "'local'"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while parent.poll() is None and time.monotonic() < deadline:
         if (tmp_path / RESULTS).exists() and (tmp_path / RESULTS).read_text().count("\n") >= 1:
             break
         time.sleep(0.02)
     parent.send_signal(signal.SIGKILL)
-    parent.communicate(timeout=60)
+    parent.wait(timeout=60)
     first = (tmp_path / RESULTS).read_text().splitlines()
     assert 1 <= len(first) < 3, "the sweep finished before it could be killed"
     cmp = compare("tiny-random", ["fp32", "bf16", "steps-1"], [CASE], out=tmp_path, **RUN)
@@ -187,13 +188,15 @@ def test_submitit_runs_each_recipe_as_a_job_and_keeps_the_job_ids(tmp_path):
 
 @needs_submitit
 def test_a_restarted_parent_collects_submitted_jobs_instead_of_rerunning_them(tmp_path):
-    parent = subprocess.Popen(_sweep_script(tmp_path, SUBMITIT), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # no pipes: the jobs it starts would hold them open after it is killed
+    parent = subprocess.Popen(_sweep_script(tmp_path, SUBMITIT), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     ledger_path = tmp_path / ".jobs" / "submitit" / "jobs.json"
     deadline = time.monotonic() + 120
     while not ledger_path.exists() and parent.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     parent.send_signal(signal.SIGKILL)  # the jobs were submitted; the parent is gone before any result
-    parent.communicate(timeout=60)
+    parent.wait(timeout=60)
     submitted = {e["job_id"] for e in json.loads(ledger_path.read_text()).values()}
     assert len(submitted) == 3
     cmp = compare("tiny-random", ["fp32", "bf16", "steps-1"], [CASE], out=tmp_path,
