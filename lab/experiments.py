@@ -421,7 +421,7 @@ def compare(
     progress: bool = True,
     prime: bool = True,
     isolate: bool | None = None,
-    executor: "str | ExecutorConfig" = "local",
+    executor: str | ExecutorConfig = "local",
 ) -> Comparison:
     """Benchmark each recipe string (the first is the baseline) on every case and seed.
 

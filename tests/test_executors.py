@@ -15,7 +15,7 @@ import pytest
 
 import lab
 from lab.executors import ExecutorConfig
-from lab.experiments import RESULTS, Comparison, compare
+from lab.experiments import RESULTS, compare
 from tests.test_reliability import assert_clean_refusal, lab_cli
 
 ROOT = Path(__file__).resolve().parents[1]

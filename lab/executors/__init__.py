@@ -41,7 +41,7 @@ class ExecutorConfig(Record):
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     ray_gpus: float | None = None  # GPUs per Ray task (default 1 on CUDA, 0 on CPU)
 
-    def check(self) -> "ExecutorConfig":
+    def check(self) -> ExecutorConfig:
         """Refuse an unknown executor, a bad number, an option of another executor or a missing extra."""
         choose("executor", self.name, EXECUTORS)
         if self.workers is not None:
@@ -94,7 +94,7 @@ class ExecutorConfig(Record):
         return LocalExecutor(slots, timeout_s=self.timeout_s, cache_dir=cache, threads=threads)
 
 
-def executor_config(executor: "str | ExecutorConfig") -> ExecutorConfig:
+def executor_config(executor: str | ExecutorConfig) -> ExecutorConfig:
     """An ``ExecutorConfig`` from a name or a config, checked."""
     if isinstance(executor, ExecutorConfig):
         return executor.check()

@@ -8,6 +8,7 @@ task ids are kept in ``ray.json`` of the run directory for Ray's own dashboard a
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,7 +32,8 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            joins = address or os.environ.get("RAY_ADDRESS")  # options of a new local Ray are refused when joining
+            ray.init(address=address, log_to_driver=False, **({} if joins else {"include_dashboard": False}))
         self.folder, self.gpus, self.timeout_s, self.cache_dir = Path(folder), gpus_per_run, timeout_s, cache_dir
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:

@@ -80,7 +80,7 @@ class Outcome(Record):
     fatal: str | None = None  # the model itself could not load: nothing in the sweep can run
 
     @classmethod
-    def died(cls, task: Task, error: str) -> "Outcome":
+    def died(cls, task: Task, error: str) -> Outcome:
         """Every run of ``task`` recorded as failed with ``error`` (``oom`` when it names running out of memory)."""
         status = _status(error)
         return cls(key=task.key, recipe=task.recipe,
@@ -105,7 +105,7 @@ def measure(task: Task) -> Outcome:
         error = skipped
     except ModelUnavailableError as err:
         return Outcome(key=task.key, recipe=task.recipe, fatal=str(err))
-    except Exception as err:  # a recipe that fails to apply is a result, not a crash
+    except Exception as err:  # noqa: BLE001 - a recipe that fails to apply is a result, not a crash
         error = f"{type(err).__name__}: {err}"
     outcome = Outcome(key=task.key, recipe=task.recipe, worker={"prepare_s": time.perf_counter() - start})
     with tempfile.TemporaryDirectory(prefix="lab-images-") as images:
@@ -143,7 +143,7 @@ def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecor
         return measured
     try:
         update = first_step_update(pipe, run_case)
-    except Exception as err:  # a metric that cannot be taken never fails the run
+    except Exception as err:  # noqa: BLE001 - a metric that cannot be taken never fails the run
         record.fidelity_note = f"first-step update failed: {type(err).__name__}: {err}"
         return measured
     measured.update = base64.b64encode(save({"update": update.contiguous()})).decode("ascii")
