@@ -10,6 +10,7 @@ Each prints a Markdown table and the machine it ran on. Keep it nice'd on a shar
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import time
@@ -98,7 +99,9 @@ def slots(args) -> None:
 
 def _env(out: Path) -> None:
     env = lab.Environment.load(out / "environment.json")
-    print(f"\n{env.cpu_model}, {env.torch_threads} threads, torch {env.packages['torch']}, commit {env.git_commit}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{env.cpu_model}, {env.torch_threads} threads, torch {env.packages['torch']}, commit {env.git_commit}; "
+          f"load average {load} (1, 5, 15 min) at the end")
 
 
 def main() -> None:
