@@ -560,7 +560,7 @@ class _Sweep:
 
     def in_process(self, tasks, prime: bool, bar):
         """Measure each task here, one after another (``isolate=False``)."""
-        from .executors.task import measure
+        from .executors.task import measure_each
 
         for i, task in enumerate(tasks):
             bar.set_postfix_str(task.recipe)
@@ -569,7 +569,7 @@ class _Sweep:
                 case = next(c for c in self.cases if c.name == name)
                 _prime(self.model, self.plans[self.baseline], case.with_overrides(seed=seed), self.env.device,
                        self.dtype, self.env)
-            yield measure(task)
+            yield from measure_each(task)
             gc.collect()  # the task's pipeline is gone: free it before the next one loads
 
     def collect(self, outcomes, tick, baseline_done: bool) -> None:

@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,14 @@ class Outcome(Record):
 
 def measure(task: Task) -> Outcome:
     """Prepare ``task.recipe`` on a fresh pipeline and benchmark each of its runs, in this process."""
+    parts = list(measure_each(task))
+    return Outcome(key=task.key, recipe=task.recipe, runs=[m for part in parts for m in part.runs],
+                   worker=parts[0].worker, fatal=parts[0].fatal)
+
+
+def measure_each(task: Task) -> Iterator[Outcome]:
+    """``measure`` one run at a time: an outcome per (case, seed) as it finishes, so in-process sweeps append
+    each run at once (a crash mid-recipe loses nothing finished)."""
     from ..env import RecipeEnv
     from ..models import ModelUnavailableError
     from ..prepare import prepare
@@ -104,17 +113,18 @@ def measure(task: Task) -> Outcome:
         pipe, apply_s, skipped = prepared.pipe, prepared.apply_s, prepared.skipped
         error = skipped
     except ModelUnavailableError as err:
-        return Outcome(key=task.key, recipe=task.recipe, fatal=str(err))
+        yield Outcome(key=task.key, recipe=task.recipe, fatal=str(err))
+        return
     except Exception as err:  # noqa: BLE001 - a recipe that fails to apply is a result, not a crash
         error = f"{type(err).__name__}: {err}"
-    outcome = Outcome(key=task.key, recipe=task.recipe, worker={"prepare_s": time.perf_counter() - start})
+    worker = {"prepare_s": time.perf_counter() - start}
     with tempfile.TemporaryDirectory(prefix="lab-images-") as images:
         for case, seed in task.pairs():
             record = task.record(case, seed, "skipped" if skipped else "error", error)
             record.apply_s = apply_s
-            outcome.runs.append(_measure_run(task, plan, pipe, case, seed, record, Path(images))
-                                if pipe is not None else Measured(record))
-    return outcome
+            run = _measure_run(task, plan, pipe, case, seed, record, Path(images)) if pipe is not None \
+                else Measured(record)
+            yield Outcome(key=task.key, recipe=task.recipe, runs=[run], worker=worker)
 
 
 def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecord, images: Path) -> Measured:
