@@ -35,7 +35,7 @@ class ExecutorConfig(Record):
     timeout_s: float | None = None  # a run still going after this is killed and recorded as an error
     warm_cache: str | None = None  # one inductor/Triton cache shared by all workers (default: a cold one each)
     slurm_partition: str | None = None
-    slurm_gpus: int | None = None  # GPUs per job
+    slurm_gpus: int | None = None  # GPUs per job (default 1 when the sweep's device is CUDA)
     slurm_time: int | None = None  # minutes per job
     slurm_cluster: str | None = None  # submitit's cluster: None picks SLURM when present; "local" runs jobs here
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
@@ -77,7 +77,9 @@ class ExecutorConfig(Record):
             from .slurm import SubmititExecutor
 
             return SubmititExecutor(out / JOBS / "submitit", cluster=self.slurm_cluster,
-                                    partition=self.slurm_partition, gpus=self.slurm_gpus, time_min=self.slurm_time,
+                                    partition=self.slurm_partition, time_min=self.slurm_time,
+                                    gpus=self.slurm_gpus if self.slurm_gpus is not None
+                                    else (1 if device.startswith("cuda") else None),
                                     timeout_s=self.timeout_s, cache_dir=cache)
         if self.name == "ray":
             from .ray_cluster import RayExecutor

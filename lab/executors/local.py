@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from .process import run_worker
+from .process import LIVE_LOCK, run_worker
 from .task import Outcome, Task
 
 
@@ -27,13 +26,12 @@ class LocalExecutor:
         for slot in self.slots:
             free.put(slot)
         live: set = set()
-        lock = threading.Lock()
 
         def one(task: Task) -> Outcome:
             slot = free.get()
             try:
                 return run_worker(task, cuda_visible=slot, cache_dir=self.cache_dir, timeout_s=self.timeout_s,
-                                  threads=self.threads, live=live, lock=lock)
+                                  threads=self.threads, live=live)
             finally:
                 free.put(slot)
 
@@ -45,7 +43,7 @@ class LocalExecutor:
             finally:  # the parent stopped early (an error, Ctrl-C): no task starts and no worker runs on
                 for future in futures:
                     future.cancel()
-                with lock:
+                with LIVE_LOCK:
                     for proc in live:
                         proc.kill()
 

@@ -17,12 +17,12 @@ from .task import Outcome, Task
 
 # enough of a dying worker's stderr to show its traceback or the last thing it printed
 STDERR_TAIL = 2000
+LIVE_LOCK = threading.Lock()  # guards the sets of running workers that executors kill when they stop early
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the lab package, for the child's sys.path
 
 
 def run_worker(task: Task, *, cuda_visible: str | None = None, cache_dir: str | os.PathLike | None = None,
-               timeout_s: float | None = None, threads: int | None = None,
-               live: set | None = None, lock: threading.Lock | None = None) -> Outcome:
+               timeout_s: float | None = None, threads: int | None = None, live: set | None = None) -> Outcome:
     """Run ``task`` in a new ``python -m lab.executors.worker`` process and return what it measured.
 
     A worker that dies (a signal such as SIGKILL from the OOM killer, a segfault, a non-zero exit, the
@@ -52,14 +52,14 @@ def run_worker(task: Task, *, cuda_visible: str | None = None, cache_dir: str | 
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen([sys.executable, "-m", "lab.executors.worker", str(task_path), str(outcome_path)],
                                     stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env)
-            _track(live, lock, proc, add=True)
+            _track(live, proc, add=True)
             try:
                 code, why = proc.wait(timeout=timeout_s), None
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code, why = proc.wait(), f"the worker ran past its {timeout_s:g} s timeout and was killed"
             finally:
-                _track(live, lock, proc, add=False)
+                _track(live, proc, add=False)
         wall = time.perf_counter() - start
         if code == 0 and why is None and outcome_path.exists():
             outcome = Outcome.from_json(outcome_path.read_text(encoding="utf-8"))
@@ -72,11 +72,10 @@ def run_worker(task: Task, *, cuda_visible: str | None = None, cache_dir: str | 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _track(live: set | None, lock: threading.Lock | None, proc, add: bool) -> None:
-    if live is None:
-        return
-    with lock or threading.Lock():
-        (live.add if add else live.discard)(proc)
+def _track(live: set | None, proc, add: bool) -> None:
+    if live is not None:
+        with LIVE_LOCK:
+            (live.add if add else live.discard)(proc)
 
 
 def _death(code: int, why: str | None, stderr_path: Path) -> str:
