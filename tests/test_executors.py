@@ -29,8 +29,14 @@ def _lines(out: Path) -> list[dict]:
 
 def _workers() -> list[psutil.Process]:
     """This test process's running workers."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if "lab.executors.worker" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "lab.executors.worker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # gone, or a zombie an earlier test left for its Popen to reap
+            continue
+    return found
 
 
 @pytest.fixture(scope="module")
