@@ -59,6 +59,23 @@ def _positive(value: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}") from None
 
 
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
 def _non_negative(value: str) -> int:
     try:
         return positive_int("value", int(value), minimum=0)
@@ -209,9 +226,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return _profile_artifacts(args, with_diagnosis=True)
 
 
+def _executor(args: argparse.Namespace):
+    """The checked ``ExecutorConfig`` of ``lab compare``'s executor options."""
+    from .executors import ExecutorConfig
+
+    return ExecutorConfig(name=args.executor, workers=args.workers, timeout_s=args.timeout,
+                          warm_cache=args.warm_cache, slurm_partition=args.slurm_partition,
+                          slurm_gpus=args.slurm_gpus, slurm_time=args.slurm_time).check()
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .recipes import parse
 
+    executor = _executor(args)  # an unknown executor or a missing extra: refused before anything runs
     _validate_model_args(args)
     recipes = [r.strip() for r in args.recipes.split(",")]
     if not any(recipes):
@@ -231,7 +258,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # compare() checks the rest (repeated recipes, a run directory made with other settings, the lock)
     # before it writes anything; it creates --out itself and removes it if the model cannot load.
     cmp = compare(args.model, recipes, cases, seeds=tuple(range(args.seeds)), repeats=args.repeats,
-                  warmup=args.warmup, out=args.out, dtype=args.dtype, device=args.device, progress=not args.quiet)
+                  warmup=args.warmup, out=args.out, dtype=args.dtype, device=args.device, progress=not args.quiet,
+                  isolate=False if args.in_process else None, executor=executor)
     out = Path(args.out)
     atomic_write_text(out / "comparison.md", cmp.to_markdown() + "\n")
     print(cmp.to_markdown())
@@ -377,6 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--repeats", type=_positive, default=3, help="timed calls per run")
     cmp.add_argument("--out", default="runs/compare", help="output directory (re-use it to resume)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex = cmp.add_argument_group("where the runs execute (each recipe in a fresh worker process)")
+    ex.add_argument("--executor", default="local", help="local (this machine), submitit (SLURM) or ray")
+    ex.add_argument("--workers", type=_int, default=None,
+                    help="local: parallel workers (default: one per visible GPU, one on a CPU machine)")
+    ex.add_argument("--timeout", type=_seconds, default=None, help="seconds a run may take before it is killed")
+    ex.add_argument("--warm-cache", default=None, metavar="DIR",
+                    help="share one inductor/Triton cache folder between workers (default: a cold one each)")
+    ex.add_argument("--in-process", action="store_true",
+                    help="run every recipe in this process instead (quicker; figures may depend on run order)")
+    ex.add_argument("--slurm-partition", default=None, help="submitit: SLURM partition")
+    ex.add_argument("--slurm-gpus", type=_int, default=None, help="submitit: GPUs per job")
+    ex.add_argument("--slurm-time", type=_int, default=None, help="submitit: minutes per job")
     cmp.set_defaults(func=cmd_compare)
 
     rec = sub.add_parser("recipes", help="list the recipe catalog, the presets and a recommendation")

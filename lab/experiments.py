@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._checks import LabError, check_seed, output_dir, positive_int, read_file_bytes
 from .benchmarking import StageSummary
@@ -29,6 +30,9 @@ from .memory import model_peak_mb
 from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
 from .stats import Latency
+
+if TYPE_CHECKING:
+    from .executors import ExecutorConfig
 
 RESULTS = "results.jsonl"
 RESULTS_LIMIT = 1024 * 2**20  # bytes: a million runs' lines; beyond it the file is not a results file
@@ -74,6 +78,7 @@ class RunRecord(Record):
     fidelity: Fidelity | None = None  # first-step update against the baseline's (lab.fidelity)
     fidelity_note: str | None = None  # why there is none
     model: str = ""  # the model the row was measured on ("" in rows written before it was recorded)
+    worker: dict | None = None  # the isolated worker that measured it: pid, host, device slot, cache dirs, seconds
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -393,23 +398,6 @@ def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
         gc.collect()
 
 
-def _fidelity(pipe, case: Case, out: Path, recipe: str, baseline: str, plans: dict, name: str):
-    """The run's first-step update saved beside its image, compared with the baseline's (lab.fidelity)."""
-    from .fidelity import comparable, first_step_update, load_update, save_update
-
-    if why := comparable(plans[recipe], plans[baseline]):
-        return None, why
-    try:
-        update = first_step_update(pipe, case)
-    except Exception as err:  # a metric that cannot be taken never fails the run
-        return None, f"first-step update failed: {type(err).__name__}: {err}"
-    save_update(update, inside(out, "fidelity", slug(recipe), f"{file_stem(name)}.safetensors"))
-    reference = inside(out, "fidelity", slug(baseline), f"{file_stem(name)}.safetensors")
-    if not reference.exists():
-        return None, "no baseline update to compare with"
-    return Fidelity.between(update, load_update(reference)), None
-
-
 def _status(error: str) -> str:
     return "oom" if "OutOfMemoryError" in error or "out of memory" in error.lower() else "error"
 
@@ -427,6 +415,8 @@ def compare(
     device: str = "auto",
     progress: bool = True,
     prime: bool = True,
+    isolate: bool | None = None,
+    executor: str | ExecutorConfig = "local",
 ) -> Comparison:
     """Benchmark each recipe string (the first is the baseline) on every case and seed.
 
@@ -438,12 +428,25 @@ def compare(
     were made with (``comparison.json``): resuming with another model, dtype, device, cases, seeds,
     repeats or warm-up is refused; adding recipes to a finished run is allowed.
 
+    Each recipe's runs are one task, measured by default in a fresh worker process (``lab.executors``)
+    with cold compile caches: what one recipe leaves behind (heap, caches, global settings) cannot reach
+    the next. The parent alone writes ``results.jsonl`` and computes SSIM/PSNR/fidelity from what the
+    workers send back.
+
     Args:
-        prime: one discarded load and call before the baseline, so run order cannot change peak memory.
+        prime: in-process only: one discarded load and call before the baseline, so run order cannot change
+            peak memory (an isolated worker starts fresh for every recipe).
+        isolate: run each recipe in its own worker (default, unless ``LAB_ISOLATE=0``); False runs them in
+            this process, one after another: quicker for an interactive cell, but figures may depend on order.
+        executor: ``"local"``, ``"submitit"``, ``"ray"`` or an ``lab.executors.ExecutorConfig`` with options.
     """
     from tqdm.auto import tqdm
 
+    from .executors import executor_config, isolate_default
+
     cases, recipes, seeds, plans, env = _checked(model, recipes, cases, seeds, repeats, warmup, dtype, device)
+    config = executor_config(executor)  # bad executor options are refused before out exists
+    isolate = isolate_default() if isolate is None else isolate
     baseline = recipes[0]
     identity = _identity(model, dtype, env.device, cases, seeds, repeats, warmup)
     with output_dir(out) as out, run_lock(out):
@@ -452,17 +455,12 @@ def compare(
         jobs = [(text, case, seed) for text in recipes for case in cases for seed in seeds]
         bar = tqdm(total=len(jobs), desc="compare", unit="run", disable=not progress)
         bar.update(sum((t, c.name, s) in done for t, c, s in jobs))
-        primed = not prime
+        tasks = [sweep.task(text, todo) for text in recipes
+                 if (todo := [(c.name, s) for c in cases for s in seeds if (text, c.name, s) not in done])]
         try:
-            for text in recipes:
-                todo = [(c, s) for c in cases for s in seeds if (text, c.name, s) not in done]
-                if not todo:
-                    continue
-                bar.set_postfix_str(text)
-                if not primed:
-                    _prime(model, plans[baseline], todo[0][0].with_overrides(seed=todo[0][1]), env.device, dtype, env)
-                    primed = True
-                sweep.run_recipe(text, todo, bar.update)
+            outcomes = (config.build(out, env.device).run(tasks) if isolate and tasks
+                        else sweep.in_process(tasks, prime, bar))
+            sweep.collect(outcomes, bar.update, baseline_done=all(t.recipe != baseline for t in tasks))
         finally:
             bar.close()
         return Comparison.load(out, model, baseline)
@@ -550,54 +548,76 @@ class _Sweep:
     warmup: int
     repeats: int
 
-    def run_recipe(self, text: str, todo: list[tuple[Case, int]], tick) -> None:
-        from .models import ModelUnavailableError
-        from .prepare import prepare
+    def task(self, text: str, runs: list[tuple[str, int]]):
+        """The task measuring recipe ``text`` on the given (case name, seed) runs."""
+        from .executors.task import Task
 
-        pipe, error, apply_s, skipped = None, None, None, None
-        try:
-            prepared = prepare(self.model, self.plans[text], device=self.env.device, dtype=self.dtype,
-                               cases=self.cases, env=self.env, strict=False)
-            pipe, apply_s, skipped = prepared.pipe, prepared.apply_s, prepared.skipped
-            error = skipped
-        except ModelUnavailableError:
-            raise  # the model, not the recipe: nothing in this sweep can run
-        except Exception as err:  # a recipe that fails to apply is a result, not a crash
-            error = f"{type(err).__name__}: {err}"
-        for case, seed in todo:
-            record = self.run_case(pipe, text, case, seed, apply_s, error, skipped)
+        return Task(model=self.model, recipe=text, baseline=self.baseline, dtype=self.dtype, device=self.env.device,
+                    cases=self.cases, runs=runs, warmup=self.warmup, repeats=self.repeats)
+
+    def in_process(self, tasks, prime: bool, bar):
+        """Measure each task here, one after another (``isolate=False``)."""
+        from .executors.task import measure_each
+
+        for i, task in enumerate(tasks):
+            bar.set_postfix_str(task.recipe)
+            if prime and i == 0:
+                name, seed = task.runs[0]
+                case = next(c for c in self.cases if c.name == name)
+                _prime(self.model, self.plans[self.baseline], case.with_overrides(seed=seed), self.env.device,
+                       self.dtype, self.env)
+            yield from measure_each(task)
+            gc.collect()  # the task's pipeline is gone: free it before the next one loads
+
+    def collect(self, outcomes, tick, baseline_done: bool) -> None:
+        """Write each outcome's runs as they come; runs of other recipes wait for the baseline's (their reference)."""
+        from .models import ModelUnavailableError
+
+        waiting = []
+        for outcome in outcomes:
+            if outcome.fatal:
+                raise ModelUnavailableError(outcome.fatal)  # the model, not the recipe: nothing in this sweep can run
+            if not baseline_done and outcome.recipe != self.baseline:
+                waiting.append(outcome)
+                continue
+            self.finish(outcome, tick)
+            if outcome.recipe == self.baseline:
+                baseline_done = True
+                for held in waiting:
+                    self.finish(held, tick)
+                waiting = []
+        for held in waiting:  # no baseline ran in this sweep (it failed to return): write them anyway
+            self.finish(held, tick)
+
+    def finish(self, outcome, tick) -> None:
+        """The parent's part of a run: its image and update written, SSIM/PSNR/fidelity against the baseline's."""
+        from .fidelity import load_update
+        from .quality import psnr, ssim
+        from .results import atomic_write_bytes
+
+        for measured in outcome.runs:
+            record = measured.record
+            if outcome.worker and "pid" in outcome.worker:
+                record.worker = dict(outcome.worker)
+            record.model = self.model
+            # case names come from prompts: a bounded, hashed file stem, and every path checked inside --out
+            name = file_stem(f"{record.case}-s{record.seed}")
+            if (png := measured.image_bytes()) is not None:
+                image = inside(self.out, "images", slug(record.recipe), f"{name}.png")
+                image.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(image, png)
+                record.image = str(image.relative_to(self.out))
+                reference = inside(self.out, "images", slug(self.baseline), f"{name}.png")
+                if reference.exists():
+                    record.ssim, record.psnr = ssim(image, reference), psnr(image, reference)
+            if (update := measured.update_bytes()) is not None:
+                path = inside(self.out, "fidelity", slug(record.recipe), f"{name}.safetensors")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, update)
+                reference = inside(self.out, "fidelity", slug(self.baseline), f"{name}.safetensors")
+                if reference.exists():
+                    record.fidelity = Fidelity.between(load_update(path), load_update(reference))
+                else:
+                    record.fidelity_note = "no baseline update to compare with"
             _append(self.out / RESULTS, record)
             tick()
-        del pipe
-        gc.collect()
-
-    def run_case(self, pipe, text: str, case: Case, seed: int, apply_s, error, skipped) -> RunRecord:
-        from .benchmarking import benchmark
-        from .models import weight_bytes
-        from .quality import psnr, ssim
-
-        run_case = case.with_overrides(seed=seed, **self.plans[text].case_overrides())
-        record = RunRecord(recipe=text, case=case.name, seed=seed, status="skipped" if skipped else "error",
-                           model=self.model,
-                           prompt=run_case.prompt, steps=run_case.steps, guidance=run_case.guidance, error=error,
-                           apply_s=apply_s, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        if pipe is None:
-            return record
-        name = f"{case.name}-s{seed}"
-        result = benchmark(pipe, run_case.with_overrides(name=name), warmup=self.warmup, repeats=self.repeats,
-                           image_dir=inside(self.out, "images", slug(text)), progress=False)
-        c = result.cases[0]
-        if c.error:
-            record.status, record.error = _status(c.error), c.error
-            return record
-        record.status = "ok"
-        for field_name in _MEASURED:
-            setattr(record, field_name, getattr(c, field_name))
-        record.weight_bytes = weight_bytes(pipe)
-        record.image = str(Path(c.image).relative_to(self.out))
-        reference = inside(self.out, "images", slug(self.baseline), f"{file_stem(name)}.png")
-        if reference.exists():
-            record.ssim, record.psnr = ssim(c.image, reference), psnr(c.image, reference)
-        record.fidelity, record.fidelity_note = _fidelity(pipe, run_case, self.out, text, self.baseline, self.plans,
-                                                          name)
-        return record

@@ -148,7 +148,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
                device: str = "auto", out: str | os.PathLike | None = None, smoke: bool = False,
                plan: list[tuple[str, str]] | None = None, fewer_steps_rung: bool = True,
                progress: bool = True, peaks: dict[str, Peak] | None = None,
-               guidance: float | None = None) -> LadderResult:
+               guidance: float | None = None, isolate: bool | None = None) -> LadderResult:
     """Run the ladder (resumable: re-running with the same ``out`` skips finished rungs); writes ladder.json/md.
 
     Args:
@@ -159,6 +159,8 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
         guidance: the case's guidance scale (None: the ladder case's; FLUX.1-dev is run at 3.5).
         fewer_steps_rung: add the fewer-steps rung on the fastest rung (one more compile when that rung compiles).
         peaks: matmul peaks by dtype already measured on this device; the ones missing are measured here.
+        isolate: each rung in its own worker with cold compile caches (default, as in ``compare``), so no rung
+            inherits another's compiled kernels or inductor settings.
     """
     import json
 
@@ -187,7 +189,7 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
 
     def run():
         return compare(model, [recipe for _, recipe in ladder], [case], repeats=repeats, warmup=1, out=out,
-                       device=env.device, progress=progress)
+                       device=env.device, progress=progress, isolate=isolate)
 
     cmp = run()
     timed = [(cmp.record(recipe, case.name), label) for label, recipe in (ladder[:-2] if standard else ladder)]

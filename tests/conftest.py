@@ -4,6 +4,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Runs measure in-process unless a test is about isolation (tests/test_executors.py passes isolate=True):
+# a worker per recipe costs seconds of imports, which the whole suite cannot afford on a 2-core machine.
+os.environ.setdefault("LAB_ISOLATE", "0")
 
 import socket  # noqa: E402
 
