@@ -135,3 +135,14 @@ def test_gpu_memory_counts_too(monkeypatch):
         check_fits("flux-arch", "bf16", "cuda")
     free["cuda"] = 140 * GIB  # an H200
     assert check_fits("flux-arch", "bf16", "cuda") == ()
+
+
+def test_trained_tiny_flux_is_small_and_follows_prompts(tiny_flux):
+    folder = EMBEDDED["tiny-flux"].folder
+    assert EMBEDDED["tiny-flux"].trained
+    assert sum(p.stat().st_size for p in folder.rglob("*.safetensors")) <= 25 * 10**6
+    prompts = lab.shapes.held_out_prompts(8, seed=1)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    images = tiny_flux(prompts, num_inference_steps=20, generator=gens).images
+    assert images[0].size == (64, 64)
+    assert lab.adherence(images, prompts).overall >= 0.6
