@@ -1,4 +1,4 @@
-"""Prompt adherence of the embedded trained ``tiny`` model, and the detector's own accuracy.
+"""Prompt adherence of the embedded trained ``tiny`` and ``tiny-flux`` models, and the detector's own accuracy.
 
 Generates one image per held-out prompt (captions training never saw) for each configuration
 and scores them with ``lab.adherence``; also scores generator ground truth (the detector's
@@ -6,7 +6,7 @@ accuracy), clean and degraded (blurred, noisy) as generated images are, and afte
 through the trained VAE (the ceiling for anything the UNet draws in its latent space). Scores are
 also grouped by colour and by colour × background, to locate a weakness.
 
-Usage: python benchmarks/adherence.py [--prompts 50] [--out runs/adherence]
+Usage: python benchmarks/adherence.py [--prompts 50] [--only tiny-flux] [--out runs/adherence]
 """
 
 from __future__ import annotations
@@ -21,25 +21,31 @@ import lab
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (model, scheduler, steps, recipe)
+# name -> (model, scheduler, steps, recipe[, extra call arguments])
 CONFIGS = {
     "trained, PNDM 30 steps (default)": ("tiny", None, 30, None),
     "trained, DDIM 4 steps": ("tiny", "ddim", 4, None),
     "trained, 30 steps, quanto int8 UNet weights": ("tiny", None, 30, "quanto-unet-int8w"),
     "trained, 30 steps, quanto int4 UNet weights": ("tiny", None, 30, "quanto-unet-int4w"),
     "random weights (tiny-random), 30 steps": ("tiny-random", None, 30, None),
+    # FluxPipeline's default 28 Euler steps; tiny-flux has no guidance embedding, so guidance_scale does
+    # nothing and the default call has no CFG; true CFG needs a negative prompt.
+    "tiny-flux, Euler 28 steps (default)": ("tiny-flux", None, 28, None),
+    "tiny-flux, Euler 28 steps, true CFG 4 (negative_prompt='')": (
+        "tiny-flux", None, 28, None, {"negative_prompt": "", "true_cfg_scale": 4.0}),
+    "tiny-flux, Euler 8 steps": ("tiny-flux", None, 8, None),
 }
 
 
 def generate(config: tuple, prompts: list[str], guidance: float):
     import torch
 
-    model, scheduler, steps, recipe = config
+    model, scheduler, steps, recipe, *extra = config
     pipe = lab.load_pipeline(model, device="cpu", scheduler=scheduler, recipe=recipe)
     generators = [torch.Generator("cpu").manual_seed(i) for i in range(len(prompts))]
     t0 = time.perf_counter()
     images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                  height=64, width=64).images
+                  height=64, width=64, **(extra[0] if extra else {})).images
     return images, time.perf_counter() - t0
 
 
@@ -110,6 +116,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=50, help="held-out prompts per configuration")
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--detector-images", type=int, default=1000)
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
     parser.add_argument("--out", default=str(ROOT / "runs" / "adherence"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -126,6 +133,8 @@ def main() -> None:
     prompts = lab.shapes.held_out_prompts(args.prompts)
     results["prompts"] = prompts
     for name, config in CONFIGS.items():
+        if args.only not in name:
+            continue
         try:
             imgs, seconds = generate(config, prompts, args.guidance)
         except Exception as err:  # record and go on: one broken configuration never loses the others

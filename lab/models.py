@@ -92,10 +92,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         ),
         EmbeddedModel(
             "tiny-flux",
-            "tiny FLUX.1-architecture pipeline (64x64, 2 double + 4 single blocks), random weights until trained",
-            reference="(none: lab's own configs, scaled down from black-forest-labs/FLUX.1-dev)",
-            tokenizer="models/tiny-random/tokenizer",
-            t5_tokenizer="tokenizers/t5-shapes",
+            "tiny FLUX.1-architecture pipeline (64x64, 2 double + 4 single blocks) trained on shape scenes",
+            reference="(none: trained by `python -m lab train --model tiny-flux`)",
+            trained=True,
         ),
         EmbeddedModel(
             "flux-arch",
@@ -162,8 +161,12 @@ def _build_component(spec: EmbeddedModel, name: str, library: str, cls_name: str
     if name == "scheduler":
         return getattr(diffusers, cls_name).from_config(_read_json(folder / "scheduler_config.json"))
     if library == "transformers":
+        import torch
+
         cls = getattr(transformers, cls_name)
-        return cls(cls.config_class.from_json_file(folder / "config.json"))
+        config = cls.config_class.from_json_file(folder / "config.json")
+        config.dtype = torch.float32  # transformers 5 builds in a config's "torch_dtype" (CLIP-G's: float16)
+        return cls(config)
     return getattr(diffusers, cls_name).from_config(_read_json(folder / "config.json"))
 
 

@@ -382,7 +382,7 @@ class FluxTrainConfig(Record):
 
     seed: int = 0
     pool: int = 24_000
-    steps: int = 3_500
+    steps: int = 2_500
     batch: int = 32
     lr: float = 7e-4
     warmup: int = 200
@@ -416,6 +416,7 @@ class FluxTrainReport(Record):
     vae_shift_factor: float = 0.0
     vae_scaling_factor: float = 0.0
     environment: dict = field(default_factory=dict)
+    steps_done: int = 0  # config.steps, or fewer when the run was stopped early (``until``)
 
 
 def flux_transformer_config(c: FluxTrainConfig, pooled_dim: int) -> dict:
@@ -474,7 +475,7 @@ class _Flux:
 
 
 def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tokenizers: tuple, clip, work: Path,
-                           progress: bool = True) -> _Flux:
+                           progress: bool = True, until: int | None = None) -> _Flux:
     """The transformer, T5 and (fine-tuned) CLIP together: rectified flow (predict noise − data) with EMA."""
     import torch
     import torch.nn.functional as F
@@ -509,7 +510,8 @@ def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tok
     ckpt = _Checkpoint(work / "transformer.pt")
     parts = {"transformer": transformer, "text_encoder_2": t5, "text_encoder": clip, "opt": opt, "ema": ema}
     start, losses, clock = ckpt.resume(parts)
-    bar = tqdm(range(start, c.steps), desc="train transformer+text", initial=start, total=c.steps,
+    stop = c.steps if until is None else max(start, min(until, c.steps))
+    bar = tqdm(range(start, stop), desc="train transformer+text", initial=start, total=c.steps,
                disable=not progress)
     for step in bar:
         idx, g = _batches(len(packed), c.batch, c.seed + 1, step)
@@ -536,7 +538,7 @@ def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tok
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         done = step + 1
-        if done % c.checkpoint_every == 0 or done == c.steps:
+        if done % c.checkpoint_every == 0 or done in (c.steps, stop):
             ckpt.save(parts, done, losses, clock)
     ema.copy_to(params)
     return _Flux(transformer.eval(), clip.eval(), t5.eval(), losses, clock.read())
@@ -561,11 +563,13 @@ def _flux_data(c: FluxTrainConfig, vae, work: Path, progress: bool):
 
 
 def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: str | Path | None = None,
-               progress: bool = True) -> FluxTrainReport:
+               progress: bool = True, until: int | None = None) -> FluxTrainReport:
     """Train ``tiny-flux`` (resuming from checkpoints in ``work``) and write a FluxPipeline folder to ``out``.
 
     Args:
         work: checkpoint folder; default ``<out>.work`` beside ``out``. Delete it to start over.
+        until: stop after this step (or at the last checkpoint, if that is later) and write the model from
+            there, its EMA weights included; ``steps_done`` in the report says where it stopped.
     """
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -604,7 +608,7 @@ def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: 
     scaling = float(1.0 / (latents - shift).std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
     trained = train_flux_transformer(c, (latents - shift) * scaling, captions, (clip_tok, t5_tok), clip, work,
-                                     progress)
+                                     progress, until)
 
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER), vae=vae,
@@ -624,7 +628,7 @@ def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: 
         final_loss={"transformer+text_encoders": _tail_mean(trained.losses)},
         losses={"transformer+text_encoders": [round(x, 5) for x in trained.losses]},
         vae_shift_factor=shift, vae_scaling_factor=scaling,
-        environment=Environment.capture().to_dict(),
+        environment=Environment.capture().to_dict(), steps_done=len(trained.losses),
     )
     _publish(staging, out, report)
     return report

@@ -59,7 +59,7 @@ def test_adherence_benchmark_smoke(tmp_path):
     assert result["detector, generator ground truth"]["overall"] == 1.0
     assert len(result["prompts"]) == 2
     rows = [v for v in result.values() if isinstance(v, dict) and "seconds" in v]
-    assert len(rows) == 5 and all(0 <= r["overall"] <= 1 for r in rows)
+    assert len(rows) == 8 and all(0 <= r["overall"] <= 1 for r in rows)
     # the trained VAE reproduces ground truth well enough for the detector
     assert result["ground truth after the trained VAE"]["overall"] >= 0.95
     pairs = result["trained, PNDM 30 steps (default) by colour and background"]
@@ -68,7 +68,7 @@ def test_adherence_benchmark_smoke(tmp_path):
     assert set(pairs) == {f"{o.colour}/{s.background}" for s in scenes for o in s.objects}
     read_back = result["trained, PNDM 30 steps (default) read back"]
     assert len(read_back) == 2 and all(r.endswith(" background") for r in read_back)
-    assert (tmp_path / "adherence.md").is_file() and len(list(tmp_path.glob("images-*.png"))) == 5
+    assert (tmp_path / "adherence.md").is_file() and len(list(tmp_path.glob("images-*.png"))) == 8
 
 
 def test_compile_freezing_records_the_exception_not_dynamos_advice():

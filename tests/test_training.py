@@ -184,3 +184,15 @@ def test_train_command_takes_the_model(tmp_path, capsys):
     assert "final losses" in capsys.readouterr().out
     assert (tmp_path / "f" / "transformer" / "config.json").is_file()
     assert (tmp_path / "f.work" / "transformer.pt").is_file()
+
+
+def test_flux_training_stopped_early_writes_the_model_from_its_last_step(tmp_path):
+    from lab.training import FluxTrainConfig, train_flux
+
+    config = FluxTrainConfig.smoke()
+    config.steps = 4
+    report = train_flux(tmp_path / "m", config, progress=False, until=2)
+    assert report.steps_done == 2 and len(report.losses["transformer+text_encoders"]) == 2
+    assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    # The same config then finishes the run from that checkpoint.
+    assert train_flux(tmp_path / "m", config, progress=False).steps_done == 4
