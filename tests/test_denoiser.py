@@ -117,6 +117,8 @@ def test_flow_schedulers_do_not_fit_a_unet_model():
     assert "flow-matching scheduler" in parse("flow-euler").fits(model_kind("tiny"))["flow-euler"]
     assert parse("flow-heun").fits(model_kind("sd35m-arch")) == {}  # SD3 passes no sigmas: Heun fits
     assert parse("compile-denoiser-regional").fits(model_kind("sd35m-arch"))  # no _repeated_blocks
+    assert "dual-attention" in parse("fused-qkv").fits(model_kind("sd35m-arch"))["fused-qkv"]
+    assert parse("fused-qkv").fits(model_kind("tiny-flux")) == {}
 
 
 def test_an_unfit_recipe_is_refused_before_anything_loads(monkeypatch):
