@@ -479,7 +479,12 @@ def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tok
     """The transformer, T5 and (fine-tuned) CLIP together: rectified flow (predict noise − data) with EMA."""
     import torch
     import torch.nn.functional as F
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
+
+    from ._quiet import quiet_transformers
+
+    with quiet_transformers():  # importing the pipeline class imports image processors lab never uses
+        from diffusers import FluxPipeline
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
     from transformers import T5Config, T5EncoderModel
@@ -572,7 +577,12 @@ def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: 
             there, its EMA weights included; ``steps_done`` in the report says where it stopped.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    from ._quiet import quiet_transformers
+
+    with quiet_transformers():  # importing the pipeline class imports image processors lab never uses
+        from diffusers import FluxPipeline
     from transformers import CLIPTextModel, CLIPTokenizer, T5TokenizerFast
 
     from .env import Environment
