@@ -116,7 +116,7 @@ def test_gpu_check_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     check = lab.gpucheck.GpuCheck.load(tmp_path / "gpu_check.json")
     assert check.smoke and not check.errors, check.errors
-    assert set(check.seconds) == {"peaks", "diagnose", "ladder sd15-arch", "ladder sdxl-arch"}
+    assert set(check.seconds) == {"peaks", "diagnose", "ladder sd15-arch", "ladder sdxl-arch", "ladder flux-arch"}
     assert {p["dtype"] for p in check.peaks} == {"fp32", "fp16", "bf16"}
     assert all(p["measure_peak"] > 0 for p in check.peaks)
     targets = {t.name: t for t in check.targets}
@@ -126,6 +126,10 @@ def test_gpu_check_smoke(tmp_path):
     for name in ("sd15", "sdxl"):
         ladder = lab.ladder.LadderResult.load(check.ladders[name]["json"])
         assert ladder.rungs[0].recipe == "fp32" and all(r.status == "ok" for r in ladder.rungs)
+    flux = lab.ladder.LadderResult.load(check.ladders["flux"]["json"])  # the transformer path, on tiny-flux
+    assert flux.model == "tiny-flux" and flux.baseline == "bf16+sdpa" and flux.rungs[0].speedup == 1.0
+    assert all(r.status == "ok" and r.denoiser_ms_per_step > 0 for r in flux.rungs) and flux.batch == 1
+    assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
     assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")
 
