@@ -81,6 +81,26 @@ def vae_config(c: TrainConfig) -> dict:
                 layers_per_block=1, norm_num_groups=8, sample_size=64, act_fn="silu")
 
 
+def _start(c, out, work) -> tuple[Path, Path]:
+    """``(out, work)`` of a training run: ``out`` checked (``check_out``), the checkpoint folder made, and its
+    saved config compared with ``c`` so a resume never mixes two configurations."""
+    import torch
+
+    out = check_out(out)
+    work = writable_dir(work or out.with_name(out.name + ".work"))
+    saved = work / "config.json"
+    try:
+        same = not saved.is_file() or type(c).load(saved) == c
+    except (ValueError, TypeError):  # another model's training (tiny's config in a tiny-flux run, or the reverse)
+        same = False
+    if not same:
+        raise LabError(f"checkpoints in {str(work)!r} were made with another config or model; delete the folder, "
+                       "pass another --work, or pass the same config to resume")
+    c.save(saved)
+    torch.set_num_threads(c.threads)
+    return out, work
+
+
 def unet_config(c: TrainConfig) -> dict:
     # No attention at the full 16×16 latent resolution: it cost half the step time for little gain.
     n = len(c.unet_channels)
@@ -314,14 +334,7 @@ def train(out: str | Path, config: TrainConfig | None = None, *, work: str | Pat
         positive_int(name, getattr(c, name))
     if not 0 <= c.cfg_dropout < 1:
         raise LabError(f"cfg_dropout must be in [0, 1), got {c.cfg_dropout!r}")
-    out = check_out(out)
-    work = writable_dir(work or out.with_name(out.name + ".work"))
-    saved = work / "config.json"
-    if saved.is_file() and TrainConfig.load(saved) != c:
-        raise LabError(f"checkpoints in {str(work)!r} were made with another config; delete the folder or pass "
-                       "the same config to resume")
-    c.save(saved)
-    torch.set_num_threads(c.threads)
+    out, work = _start(c, out, work)
     tokenizer = CLIPTokenizer.from_pretrained(DATA / TOKENIZER, model_max_length=77)
 
     clock = _Clock()
@@ -598,14 +611,7 @@ def train_flux(out: str | Path, config: FluxTrainConfig | None = None, *, work: 
         raise LabError(f"max_sequence_length must be at most 512 (FluxPipeline's limit), got {c.max_sequence_length}")
     if c.head_dim % 4 or c.t5_width % 4:
         raise LabError(f"head_dim and t5_width must be multiples of 4, got {c.head_dim} and {c.t5_width}")
-    out = Path(out)
-    work = writable_dir(work or out.with_name(out.name + ".work"))
-    saved = work / "config.json"
-    if saved.is_file() and FluxTrainConfig.load(saved) != c:
-        raise LabError(f"checkpoints in {str(work)!r} were made with another config; delete the folder or pass "
-                       "the same config to resume")
-    c.save(saved)
-    torch.set_num_threads(c.threads)
+    out, work = _start(c, out, work)
     base = DATA / FLUX_BASE
     clip_tok = CLIPTokenizer.from_pretrained(DATA / TOKENIZER, model_max_length=77)
     t5_tok = T5TokenizerFast.from_pretrained(DATA / T5_TOKENIZER)
