@@ -536,7 +536,7 @@ def default_size(pipe) -> int:
     ``sample_size`` (its training resolution: 1024 for FLUX.1, 64 for ``tiny-flux``)."""
     from .denoiser import denoiser
 
-    latent = denoiser(pipe).config.get("sample_size")
+    latent = getattr(denoiser(pipe).config, "sample_size", None)
     if latent:
         return int(latent * pipe.vae_scale_factor)
     return int(pipe.vae.config.sample_size)
