@@ -56,6 +56,8 @@ def main() -> None:
                         help="comma-separated, fp32 (the baseline) first; those that cannot fit are left out")
     parser.add_argument("--out", default=None, help="default: runs/dit-<model>")
     parser.add_argument("--flops", action="store_true", help="only the FLOPs table (meta device, no weights)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="every recipe in this process (quicker; figures may then depend on run order)")
     args = parser.parse_args()
     if args.flops:
         print(flops_table())
@@ -67,7 +69,7 @@ def main() -> None:
     cases = [c.with_overrides(steps=args.steps, height=args.size, width=args.size) for c in prompts]
     out = args.out or str(ROOT / "runs" / f"dit-{args.model}")
     cmp = lab.compare(args.model, recipes, cases, repeats=args.repeats, warmup=args.warmup, out=out,
-                      device=args.device)
+                      device=args.device, isolate=not args.in_process)
     frame = cmp.to_frame()[["status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb",
                             "fidelity_cos", "fidelity_rel_err", "reason"]]
     adherence = lab.quality.comparison_adherence(cmp)

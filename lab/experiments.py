@@ -8,7 +8,6 @@ under ``<out>/images/<recipe>/``. Re-running with the same ``out`` skips runs al
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import gc
 import json

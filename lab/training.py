@@ -322,7 +322,6 @@ def train(out: str | Path, config: TrainConfig | None = None, *, work: str | Pat
     Args:
         work: checkpoint folder; default ``<out>.work`` beside ``out``. Delete it to start over.
     """
-    import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 

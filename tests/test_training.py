@@ -139,7 +139,7 @@ def test_flux_smoke_training_writes_a_loadable_deterministic_flux_pipeline(tmp_p
     # Resumes from its checkpoints (latents cached) to the same weights as a fresh run.
     config.steps = 4
     resumed = train_flux(tmp_path / "a", config, work=tmp_path / "a.work2", progress=False)
-    fresh = train_flux(tmp_path / "b", config, progress=False)
+    train_flux(tmp_path / "b", config, progress=False)  # a fresh run, compared with the resumed one below
     assert len(resumed.losses["transformer+text_encoders"]) == 4
     with pytest.raises(lab.LabError, match="another config"):
         train_flux(tmp_path / "b", FluxTrainConfig.smoke(), progress=False)
