@@ -207,3 +207,19 @@ def test_lora_round_trip_on_a_transformer(tmp_path):
     loaded = lab.lora.load_lora(pipe, path, scale=1.0)
     assert getattr(loaded.transformer, "peft_config", None)
     assert not np.array_equal(before, _call(loaded))
+
+
+def test_a_run_directory_written_before_the_rename_still_loads_and_resumes(tmp_path):
+    case = lab.Case("a red circle", steps=1, name="c")
+    args = dict(repeats=1, warmup=0, out=tmp_path, progress=False, prime=False)
+    lab.compare("tiny-random", ["fp32"], [case], **args)
+    path = tmp_path / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:  # the row as lab wrote it before the denoiser rename and the model/worker fields
+        stages = row["stages"]
+        stages["unet"], stages["unet_per_step"] = stages.pop("denoiser"), stages.pop("denoiser_per_step")
+        row.pop("model", None), row.pop("worker", None)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = lab.compare("tiny-random", ["fp32"], [case], **args)
+    assert len(path.read_text().splitlines()) == len(rows)  # resumed: nothing measured twice
+    assert again.record("fp32", "c").stages.denoiser == rows[0]["stages"]["unet"]
