@@ -70,9 +70,13 @@ def main() -> None:
     out = args.out or str(ROOT / "runs" / f"dit-{args.model}")
     cmp = lab.compare(args.model, recipes, cases, repeats=args.repeats, warmup=args.warmup, out=out,
                       device=args.device, isolate=not args.in_process)
-    frame = cmp.to_frame()[["status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb",
-                            "fidelity_cos", "fidelity_rel_err", "reason"]]
-    adherence = lab.quality.comparison_adherence(cmp)
+    columns = ["status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb", "ssim",
+               "fidelity_cos", "fidelity_rel_err", "reason"]
+    frame = cmp.to_frame()
+    frame = frame[[c for c in columns if c in frame]]  # "reason" only when a recipe failed
+    from lab.quality import comparison_adherence
+
+    adherence = comparison_adherence(cmp)
     if adherence:
         frame["adherence"] = [adherence[r].overall if r in adherence else None for r in frame.index]
     print(frame.round(4).to_markdown())
