@@ -678,8 +678,10 @@ def test_identical_plans_report_the_same_peak_memory_in_either_order(tmp_path):
                               capture_output=True, text=True, timeout=300)  # a fresh process per order
         assert done.returncode == 0, done.stderr
         peaks[tuple(order)] = Comparison.load(out).to_frame()["peak_mem_mb"].to_dict()
-    first, second = peaks.values()
-    for plan in same:  # the same plan, first or second in its process: the same figure
-        assert abs(first[plan] - second[plan]) <= 0.10 * min(first[plan], second[plan]) + 1.0, peaks
+    for order, figures in peaks.items():  # in one process, the plan run first and the one run second agree
+        a, b = (figures[p] for p in order)
+        assert abs(a - b) <= 0.10 * min(a, b) + 1.0, peaks  # was +65 % for whichever ran first
+    # across two fresh processes the figure itself moves by the process's own heap: 20.7 against 23.9 MB in one
+    # CI run (21.0-23.6 over 16 processes before), still far below the 20 MB order effect this guards against
     values = [v for p in peaks.values() for v in p.values()]
-    assert max(values) - min(values) <= 0.10 * min(values) + 1.0, peaks  # was +65 % for whichever ran first
+    assert max(values) - min(values) <= 0.25 * min(values) + 1.0, peaks
