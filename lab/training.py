@@ -81,6 +81,19 @@ def vae_config(c: TrainConfig) -> dict:
                 layers_per_block=1, norm_num_groups=8, sample_size=64, act_fn="silu")
 
 
+def _step(loss, opt, params, ema, losses: list[float], bar) -> None:
+    """One optimizer step of either trainer: clipped gradients, EMA update, the running loss on the bar."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema.step(params)
+    losses.append(loss.item())
+    bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+
+
 def _start(c, out, work) -> tuple[Path, Path]:
     """``(out, work)`` of a training run: ``out`` checked (``check_out``), the checkpoint folder made, and its
     saved config compared with ``c`` so a resume never mixes two configurations."""
@@ -287,13 +300,7 @@ def train_unet(c: TrainConfig, latents, captions: list[str], tokenizer, work: Pa
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=c.snr_gamma) / snr
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.step(params)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        _step(loss, opt, params, ema, losses, bar)
         done = step + 1
         if done % c.checkpoint_every == 0 or done == c.unet_steps:
             ckpt.save(parts, done, losses, clock)
@@ -547,13 +554,7 @@ def train_flux_transformer(c: FluxTrainConfig, latents, captions: list[str], tok
                            encoder_hidden_states=t5(t5_ids[rows])[0], txt_ids=txt_ids, img_ids=img_ids,
                            joint_attention_kwargs={"attention_mask": mask}, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.step(params)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        _step(loss, opt, params, ema, losses, bar)
         done = step + 1
         if done % c.checkpoint_every == 0 or done in (c.steps, stop):
             ckpt.save(parts, done, losses, clock)
