@@ -25,7 +25,7 @@ _CORE = {
     "StageTimer": "timing", "StageTimes": "timing", "Latency": "stats", "profile": "profiling",
     "ProfileResult": "profiling", "diff_profiles": "profiling", "flops_report": "flops", "FlopsReport": "flops",
     "measure_peak": "flops", "ResourceMonitor": "monitor", "diagnose": "diagnosis", "Diagnosis": "diagnosis",
-    "Thresholds": "diagnosis",
+    "Thresholds": "diagnosis", "HostLoad": "host", "Verdict": "stats",
     # compare and optimize
     "compare": "experiments", "Comparison": "experiments", "preset": "presets", "recommend": "presets",
     "search_mixed_precision": "mixed", "hardware_plan": "hardware",
@@ -36,8 +36,8 @@ _CORE = {
     "ResultCache": "cache", "CacheKey": "cache", "AdaptivePolicy": "adaptive", "adapt": "adaptive",
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
-_MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots",
-            "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
+_MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "ladder", "lora", "mixed",
+            "plots", "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from .models import ModelUnavailableError, default_size, embedded_models, parameter_counts, weight_bytes
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
-    from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets,
-                   recipes, shapes, takeaways, training, widgets, workflows)
+    from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, host, ladder, lora, mixed, plots,
+                   presets, recipes, shapes, takeaways, training, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative
@@ -69,7 +69,8 @@ if TYPE_CHECKING:
     from .flops import FlopsReport, flops_report, measure_peak
     from .monitor import ResourceMonitor
     from .profiling import ProfileResult, profile
-    from .stats import Latency
+    from .host import HostLoad
+    from .stats import Latency, Verdict
     from .timing import StageTimer, StageTimes
 
 

@@ -16,6 +16,7 @@ from ._checks import LabError, positive_int, writable_dir
 from .cases import Case
 from .denoiser import denoiser
 from .env import Environment, dtype_name
+from .host import HostLoad, HostWatch
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
 from .paths import file_stem, inside
@@ -85,6 +86,7 @@ class CaseResult(Record):
     runs: list[StageTimes] = field(default_factory=list)
     image: str | None = None
     error: str | None = None
+    host: HostLoad | None = None  # what else the host did during the measured calls (lab.host)
 
     def row(self) -> dict[str, Any]:
         lat, st = self.latency, self.stages
@@ -105,6 +107,7 @@ class CaseResult(Record):
             "peak_rss_mb": self.peak_rss_mb,
             "peak_cuda_alloc_mb": self.peak_cuda_allocated_mb,
             "cpu_percent": self.cpu_percent,
+            "host": self.host.label() if self.host else None,
             "error": self.error,
         }
 
@@ -169,24 +172,35 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
     proc = psutil.Process()
     first_call, runs, output = None, [], None
     rss_before = None
+    gpu = _gpu_index(device)
+    watches = []
     for i in range(warmup + repeats):
         flush(device)
         if i == warmup:  # after the warm-up: its lasting growth (arenas, caches) varies by MBs run to run
             rss_before = proc.memory_info().rss
+        watch = HostWatch(gpu)
         generator = torch.Generator("cpu").manual_seed(case.seed)
         cpu_before = proc.cpu_times()
-        output, times = timer.measure(pipe, generator=generator, **kwargs)
+        with watch:
+            output, times = timer.measure(pipe, generator=generator, **kwargs)
         cpu_after = proc.cpu_times()
         if i == 0:
             first_call = times.total
         if i >= warmup:
             busy = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
             runs.append((times, peak_rss_bytes(), cuda_peaks(device), 100.0 * busy / times.total))
+            watches.append(watch.load)
         tick()
-    return first_call, runs, output, rss_before
+    return first_call, runs, output, rss_before, HostLoad.combine(watches)
 
 
-def _case_result(case: Case, first: float, runs: list, output, rss_before: int, image_dir) -> CaseResult:
+def _gpu_index(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def _case_result(case: Case, first: float, runs: list, output, rss_before: int, host, image_dir) -> CaseResult:
     times = [r[0] for r in runs]
     latency = Latency.from_values([t.total for t in times])
     image_path = None
@@ -209,6 +223,7 @@ def _case_result(case: Case, first: float, runs: list, output, rss_before: int, 
         latencies=[t.total for t in times],
         runs=times,
         image=image_path,
+        host=host,
     )
 
 
@@ -253,12 +268,12 @@ def benchmark(
             for case in cases:
                 bar.set_postfix_str(case.name)
                 try:
-                    first, runs, output, rss_before = _run_case(pipe, timer, case, device, warmup, repeats,
-                                                                bar.update)
+                    first, runs, output, rss_before, host = _run_case(pipe, timer, case, device, warmup, repeats,
+                                                                      bar.update)
                 except Exception as err:  # one failing case never loses the others
                     results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
                     continue
-                results.append(_case_result(case, first, runs, output, rss_before, image_dir))
+                results.append(_case_result(case, first, runs, output, rss_before, host, image_dir))
     except KeyboardInterrupt as err:  # the finished cases are handed back with the interrupt
         stopped = err
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ._checks import LabError
 from .denoiser import ModelKind, is_step_stage
+from .host import HostLoad
 from .memory import model_peak_mb
 from .results import Record
 
@@ -135,9 +136,20 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
         skipped["benchmark rules"] = "no successful case"
         return
     on_cuda = bench.device.startswith("cuda")
+    host = HostLoad.combine([c.host for c in cases])
+    busy = host is not None and host.busy
+    if busy:
+        out.append(_finding("host-contention", "high",
+                            f"the host was busy while this was measured ({'; '.join(host.reasons)}): this process "
+                            f"got {host.share:.0%} of the CPU time used, so its times say more about the host than "
+                            "the pipeline; rerun on a quiet host before acting on them", cuda=on_cuda,
+                            other_cores=host.other_cores, cores=host.cores, share=host.share,
+                            steal_percent=host.steal_percent, load_avg=host.load_avg))
+        withheld = f"withheld: measured under host contention ({'; '.join(host.reasons)})"
+        skipped["time-over-budget"] = skipped["first-call-gap"] = withheld
 
     slow = max(cases, key=lambda c: c.latency.median)
-    if slow.latency.median > th.time_budget_s:
+    if not busy and slow.latency.median > th.time_budget_s:
         out.append(_finding("time-over-budget", "high",
                             f"{slow.case.name} takes {slow.latency.median:.2f} s per image, over the "
                             f"{th.time_budget_s:g} s budget", cuda=on_cuda, median_s=slow.latency.median,
@@ -168,8 +180,16 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
             out.append(_finding("cpu-bound-host", "medium",
                                 f"the host CPU is {busy.cpu_percent:.0f}% busy while the GPU computes", cuda=True,
                                 cpu_percent=busy.cpu_percent))
+    elif host is not None:
+        out.append(_finding("cpu-bound-host", "info",
+                            f"the CPU is the compute device: this process got {host.share:.0%} of the CPU time used "
+                            f"on the host ({host.own_cpu_s / host.seconds:.2f} of {host.cores} cores on average; "
+                            f"other processes {host.other_cores:.2f})", share=host.share,
+                            own_cores=host.own_cpu_s / host.seconds if host.seconds else 0.0,
+                            other_cores=host.other_cores, cores=host.cores))
+        out[-1].suggest = []  # a reading of the host, not a fault of the pipeline
     else:
-        skipped["cpu-bound-host"] = "the CPU is the compute device here"
+        skipped["cpu-bound-host"] = "the CPU is the compute device here, and no host load was recorded"
 
     shares = {c.case.name: c.stages.shares() for c in cases}
     name, share = max(((n, s["other"]) for n, s in shares.items()), key=lambda x: x[1])
@@ -189,7 +209,7 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
                             f"VAE decode takes {share:.0%} of the time ({name})", vae_share=share))
 
     gaps = [(c, c.first_call_s / c.latency.median) for c in cases if c.first_call_s]
-    if gaps:
+    if gaps and not busy:
         c, ratio = max(gaps, key=lambda x: x[1])
         if ratio > th.first_call_ratio:
             out.append(_finding("first-call-gap", "low",
@@ -290,7 +310,10 @@ def diagnose(benchmark=None, *, profile=None, flops=None, ssim: float | None = N
         _profile_rules(profile, th, benchmark, findings, skipped)
     else:
         skipped["op-family, host-device-sync, launch-bound"] = "no profile given"
-    if flops is not None:
+    contended = next((f for f in findings if f.rule == "host-contention"), None)
+    if flops is not None and contended is not None:
+        skipped["low-utilisation"] = "withheld: the benchmark was measured under host contention"
+    elif flops is not None:
         step = flops.stage("denoiser")
         cuda = flops.peak.device.startswith("cuda")
         if step.utilisation_pct is None:

@@ -25,10 +25,11 @@ from .benchmarking import StageSummary
 from .cases import Case
 from .env import RecipeEnv
 from .fidelity import Fidelity
+from .host import HostLoad
 from .memory import model_peak_mb
 from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
-from .stats import Latency
+from .stats import Latency, Verdict, judge
 
 if TYPE_CHECKING:
     from .executors import ExecutorConfig
@@ -37,8 +38,8 @@ RESULTS = "results.jsonl"
 RESULTS_LIMIT = 1024 * 2**20  # bytes: a million runs' lines; beyond it the file is not a results file
 META = "comparison.json"
 # what a notebook or report shows by default: one screen wide
-SUMMARY_COLUMNS = ("status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb", "ssim", "psnr",
-                   "fidelity_rel_err", "outliers", "reason")
+SUMMARY_COLUMNS = ("status", "latency_s", "latency_iqr_s", "speedup", "verdict", "peak_mem_mb", "weight_mb", "ssim",
+                   "psnr", "fidelity_rel_err", "outliers", "host", "reason")
 DONE = ("ok", "skipped")
 STATUSES = ("ok", "error", "oom", "skipped")
 
@@ -78,6 +79,7 @@ class RunRecord(Record):
     fidelity_note: str | None = None  # why there is none
     model: str = ""  # the model the row was measured on ("" in rows written before it was recorded)
     worker: dict | None = None  # the isolated worker that measured it: pid, host, device slot, cache dirs, seconds
+    host: HostLoad | None = None  # what else the host did while it was measured (lab.host)
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -145,6 +147,8 @@ class Comparison(Record):
         run is matched (the usual case) ``baseline latency_s / latency_s == speedup`` exactly, so a latency
         change and a speed-up are one number read two ways. ``outliers`` counts runs with a repeat above
         ``Latency.outlier_limit`` (the medians are robust to it; the flag says the machine was disturbed).
+        ``verdict`` (with ``speedup_low``/``speedup_high``, a bootstrap interval over the repeats) says whether
+        the speed-up can be believed (``verdicts``); ``host`` names the contention a recipe's runs saw.
 
         Args:
             full: every column; False keeps the narrow set a notebook or report shows (``SUMMARY_COLUMNS``).
@@ -180,6 +184,11 @@ class Comparison(Record):
                     outliers=len(outliers),
                     slowest_repeat_s=max(r.latency.max for r in ok),
                 )
+                busy = self._busy(ok)
+                row["host"] = "busy" if busy else ("quiet" if any(r.host for r in ok) else None)  # why: ``busy``
+                if (verdict := self.verdict(recipe)) is not None:
+                    row.update(speedup_low=verdict.low, speedup_high=verdict.high,
+                               verdict="baseline" if recipe == self.baseline else verdict.verdict)
                 fidelity = [r.fidelity for r in ok if r.fidelity is not None]
                 if fidelity:  # the worst run: a recipe is as faithful as its least faithful image
                     row.update(fidelity_cos=min(f.cosine for f in fidelity),
@@ -193,6 +202,35 @@ class Comparison(Record):
         if "outliers" in frame:
             frame["outliers"] = frame["outliers"].fillna(0).astype(int)
         return frame if full else narrow(frame)
+
+    @staticmethod
+    def _busy(runs: Sequence[RunRecord]) -> str:
+        """The contention any of these runs was measured under, in words ("" when every run was quiet)."""
+        busy = HostLoad.combine([r.host for r in runs if r.host and r.host.busy])
+        return "; ".join(busy.reasons) if busy else ""
+
+    def verdict(self, recipe: str) -> Verdict | None:
+        """Whether ``recipe``'s speed-up over the baseline can be believed (``lab.stats.judge``); None if unmatched."""
+        base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
+        pairs = [(base[(r.case, r.seed)], r) for r in self.records
+                 if r.recipe == recipe and r.status == "ok" and (r.case, r.seed) in base]
+        if not pairs:
+            return None
+        busy = self._busy([run for pair in pairs for run in pair])
+        return judge([(b.latency, r.latency) for b, r in pairs], busy=busy)
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """Every successful recipe but the baseline: its ``Verdict``."""
+        out = {}
+        for recipe in dict.fromkeys(r.recipe for r in self.records if r.recipe != self.baseline):
+            if (v := self.verdict(recipe)) is not None:
+                out[recipe] = v
+        return out
+
+    @property
+    def busy(self) -> str:
+        """The contention any run of this comparison saw ("" when the host was quiet throughout)."""
+        return self._busy([r for r in self.records if r.status == "ok"])
 
     def outlier_runs(self) -> list[RunRecord]:
         """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
@@ -208,6 +246,9 @@ class Comparison(Record):
     def to_markdown(self, digits: int = 3, full: bool = False) -> str:
         """The per-recipe table, narrow by default (``full=True``: every column)."""
         table = self.to_frame(full=full).round(digits).to_markdown()
+        if busy := self.busy:
+            table += (f"\n\nMeasured under contention ({busy}): no speed-up in this table can be believed "
+                      "(verdict `untrusted`); rerun on a quiet host.")
         if self.random_weights:
             table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
                       "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
@@ -236,7 +277,8 @@ class Comparison(Record):
         cols = [c for c, _ in objectives]
         frame = frame[frame["ok"] > 0].dropna(subset=cols)
         front = pareto_indices(frame[cols].to_numpy().tolist(), [s for _, s in objectives])
-        return frame.iloc[sorted(front)][cols + ["speedup", "weight_mb"]]
+        extra = [c for c in ("speedup", "verdict", "weight_mb", "host") if c in frame]
+        return frame.iloc[sorted(front)][cols + extra]
 
     def interactions(self):
         """For each combination whose parts also ran alone: expected speed-up (product of the parts'
@@ -267,7 +309,8 @@ class Comparison(Record):
 
 def narrow(frame):
     """The one-screen columns (``SUMMARY_COLUMNS``) of a ``Comparison.to_frame`` summary."""
-    return frame[[c for c in SUMMARY_COLUMNS if c in frame]]
+    # a column no run filled (host load in files written before it was recorded) says nothing
+    return frame[[c for c in SUMMARY_COLUMNS if c in frame and (c in ("speedup", "reason") or frame[c].notna().any())]]
 
 
 def successful(frame):
@@ -530,7 +573,7 @@ def _open_run(out: Path, model: str, baseline: str, recipes: list[str], dtype: s
 
 # what a run record takes from a successful benchmark case
 _MEASURED = ("latency", "first_call_s", "peak_rss_mb", "rss_before_mb", "peak_cuda_allocated_mb", "cpu_percent",
-             "stages")
+             "stages", "host")
 
 
 @dataclass

@@ -91,7 +91,8 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
         reasons.append(f"{cores} CPU cores: one intra-op thread per core (no hyper-thread oversubscription)")
         if env.cpu_bf16:
             precision = "bf16"
-            reasons.append("AMX / AVX-512 BF16 present: bf16 matmuls run natively, several times fp32's rate")
+            reasons.append("AMX / AVX-512 BF16 present: bf16 matmuls run natively; how much faster than fp32 on this "
+                           "machine is a measurement (compare fp32,bf16), not a given")
         else:
             precision = "fp32"
             reasons.append("no native bf16 on this CPU: bf16 would be emulated, so fp32")

@@ -20,14 +20,27 @@ RANDOM_WEIGHTS = ("{model} has random weights: its images' SSIM and PSNR against
 
 
 def choose(comparison, quality: QualityReport) -> str:
-    """The fastest recipe whose every image passes the quality gate (the baseline if none does)."""
+    """The fastest recipe whose every image passes the quality gate and which is distinguishably faster than the
+    baseline (``Comparison.verdicts``); the baseline if none is (``choice_note`` says why)."""
     frame = comparison.to_frame()
     summary = quality.summary()
+    verdicts = comparison.verdicts()
     passing = [r for r in frame.index if r != comparison.baseline and r in summary.index
-               and summary.loc[r, "verdict"] == "pass"]
+               and summary.loc[r, "verdict"] == "pass" and r in verdicts and verdicts[r].verdict == "faster"]
     if not passing:
         return comparison.baseline
     return min(passing, key=lambda r: frame.loc[r, "latency_s"])
+
+
+def choice_note(comparison, chosen: str) -> str:
+    """Why the report's "after" is what it is, in one sentence that claims no speed-up the runs cannot support."""
+    if busy := comparison.busy:
+        return (f"Measured under contention ({busy}): no speed-up can be believed, so none is claimed and the "
+                "baseline stays the choice; rerun on a quiet host.")
+    if chosen == comparison.baseline:
+        return "No recipe passed the quality gate and was distinguishably faster than the baseline."
+    v = comparison.verdict(chosen)
+    return f"`{chosen}`: {v.text()}." if v else ""
 
 
 def before_after(comparison, recipe: str, quality: QualityReport):
@@ -45,10 +58,12 @@ def before_after(comparison, recipe: str, quality: QualityReport):
     q = summary.loc[recipe] if recipe in summary.index else None
     # one definition (Comparison.to_frame): the latency change is the speed-up read the other way
     change = f"{1 / a['speedup'] - 1:+.1%}" if a["speedup"] else ""
+    verdict = comparison.verdict(recipe) if recipe != comparison.baseline else None
+    said = f"{a['speedup']:.2f}x" if verdict is None or verdict.distinguishable else verdict.verdict
     rows = [
         ("latency (s, geo. mean of run medians)", b["latency_s"], a["latency_s"], change),
         ("latency spread (IQR, s)", b["latency_iqr_s"], a["latency_iqr_s"], ""),
-        ("speed-up (baseline ÷ recipe, matched runs)", 1.0, a["speedup"], f"{a['speedup']:.2f}x"),
+        ("speed-up (baseline ÷ recipe, matched runs)", 1.0, a["speedup"], said),
         ("peak memory (MB)", b["peak_mem_mb"], a["peak_mem_mb"], f"{a['peak_mem_mb'] / b['peak_mem_mb'] - 1:+.1%}"),
         ("weights (MB)", b["weight_mb"], a["weight_mb"], f"{a['weight_mb'] / b['weight_mb'] - 1:+.1%}"),
         ("CPU % (100 = one core)", cpu(comparison.baseline), cpu(recipe), ""),
@@ -120,12 +135,13 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
     yaml_text = recipe_yaml(chosen)
     gate = quality.thresholds
+    note = choice_note(comparison, chosen)
 
     md = [f"# Before / after: {comparison.model}", "",
           f"Baseline `{comparison.baseline}`, chosen `{chosen}` "
           f"({'fastest recipe passing' if recipe is None else 'as requested; quality gate'}: SSIM > {gate.ssim_min}, "
-          f"PSNR > {gate.psnr_min} dB).", "", *([RANDOM_WEIGHTS.format(model=comparison.model), ""]
-                                               if comparison.random_weights else []),
+          f"PSNR > {gate.psnr_min} dB).", "", note, "",
+          *([RANDOM_WEIGHTS.format(model=comparison.model), ""] if comparison.random_weights else []),
           "## Before / after", "", table.round(4).to_markdown(), "",
           "## Chosen recipe", "", "```yaml", yaml_text.rstrip(), "```", "", "## Quality gate", "",
           quality.summary().round(4).to_markdown() if quality.images else "(no images besides the baseline)", ""]
@@ -148,6 +164,7 @@ def report(comparison, out: str | os.PathLike | None = None, *, recipe: str | No
     body = [f"<h1>Before / after: {html.escape(comparison.model)}</h1>",
             f"<p>Baseline <code>{html.escape(comparison.baseline)}</code>, chosen <code>{html.escape(chosen)}</code> "
             f"(quality gate: SSIM &gt; {gate.ssim_min}, PSNR &gt; {gate.psnr_min} dB).</p>",
+            f"<p><b>{html.escape(note)}</b></p>",
             *([f"<p><b>{html.escape(RANDOM_WEIGHTS.format(model=comparison.model))}</b></p>"]
               if comparison.random_weights else []),
             "<h2>Before / after</h2>", table_html(table), "<h2>Chosen recipe</h2>",

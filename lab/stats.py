@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .results import Record
 
@@ -29,6 +30,7 @@ class Latency(Record):
     min: float
     max: float
     n: int
+    values: list[float] = field(default_factory=list)  # the repeats themselves (empty in files written before)
 
     @classmethod
     def from_values(cls, values: Sequence[float]) -> "Latency":
@@ -46,6 +48,7 @@ class Latency(Record):
             min=s[0],
             max=s[-1],
             n=len(s),
+            values=[float(v) for v in values],
         )
 
     @property
@@ -66,6 +69,100 @@ class Latency(Record):
     def cv(self) -> float:
         """Coefficient of variation (std / mean)."""
         return self.std / self.mean if self.mean else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        """The spread is large against the median (IQR over 10 % of it, as torch.utils.benchmark warns)."""
+        return self.n >= 3 and self.iqr > NOISY_IQR * self.median
+
+
+NOISY_IQR = 0.10
+# a ratio within this of 1 is "not distinguishable" even when its interval excludes 1: a 2 % difference
+# between two recipes is below what one host's drift over a sweep already produces
+MIN_EFFECT = 0.05
+VERDICTS = ("faster", "slower", "not distinguishable", "untrusted")
+
+
+def _median_ratios(base: Sequence[float], other: Sequence[float], draws: int, rng) -> "list[float]":
+    import numpy as np
+
+    b, o = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    bi = rng.integers(0, len(b), size=(draws, len(b)))
+    oi = rng.integers(0, len(o), size=(draws, len(o)))
+    return np.log(np.median(b[bi], axis=1) / np.median(o[oi], axis=1))
+
+
+def ratio_interval(pairs: Sequence[tuple[Latency, Latency]], level: float = 0.95, draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval for the speed-up (baseline ÷ candidate median, geometric mean over matched runs).
+
+    Each run's repeats are resampled on their own; runs recorded without their repeats (older files) give
+    the widest interval their min and max allow.
+    """
+    import numpy as np
+
+    if not pairs:
+        raise ValueError("ratio_interval needs at least one (baseline, candidate) pair")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level!r}")
+    rng = np.random.default_rng(seed)
+    logs, fixed_lo, fixed_hi = [], 0.0, 0.0
+    for base, other in pairs:
+        if base.values and other.values:
+            logs.append(_median_ratios(base.values, other.values, draws, rng))
+        else:
+            fixed_lo += math.log(base.min / other.max)
+            fixed_hi += math.log(base.max / other.min)
+    n = len(pairs)
+    tail = (1 - level) / 2
+    if logs:
+        mean = np.sum(logs, axis=0)
+        lo, hi = np.quantile(mean, tail) + fixed_lo, np.quantile(mean, 1 - tail) + fixed_hi
+    else:
+        lo, hi = fixed_lo, fixed_hi
+    return math.exp(lo / n), math.exp(hi / n)
+
+
+@dataclass
+class Verdict(Record):
+    """What a measured speed-up may be said to be: ``faster``, ``slower``, ``not distinguishable`` or ``untrusted``."""
+
+    speedup: float
+    low: float
+    high: float
+    verdict: str
+    reason: str = ""
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.verdict in ("faster", "slower")
+
+    def text(self) -> str:
+        """The speed-up as a sentence may state it: the figure only when it can be believed."""
+        span = f"{self.speedup:.2f}× (95 % interval {self.low:.2f}–{self.high:.2f})"
+        if self.verdict in ("faster", "slower"):
+            return f"{span}: {self.verdict}"
+        if self.verdict == "untrusted":
+            return f"no speed-up can be claimed ({self.reason}; measured {self.speedup:.2f}×): rerun on a quiet host"
+        return f"not distinguishable ({self.reason}): rerun with more repeats to tell them apart"
+
+
+def judge(pairs: Sequence[tuple[Latency, Latency]], busy: str = "", min_effect: float = MIN_EFFECT) -> Verdict:
+    """The verdict on a candidate against a baseline from matched (baseline, candidate) latencies.
+
+    ``busy`` names the contention either run was measured under: then no verdict but ``untrusted``.
+    """
+    speedup = math.exp(statistics.fmean(math.log(b.median / o.median) for b, o in pairs))
+    low, high = ratio_interval(pairs)
+    if busy:
+        return Verdict(speedup, low, high, "untrusted", f"host busy: {busy}")
+    if low > 1 and speedup >= 1 + min_effect:
+        return Verdict(speedup, low, high, "faster")
+    if high < 1 and speedup <= 1 / (1 + min_effect):
+        return Verdict(speedup, low, high, "slower")
+    why = (f"interval {low:.2f}–{high:.2f} contains 1" if low <= 1 <= high
+           else f"{speedup:.2f}× is within {min_effect:.0%} of 1")
+    return Verdict(speedup, low, high, "not distinguishable", why)
 
 
 

@@ -21,10 +21,18 @@ def diagnose(bench, diagnosis=None) -> str:
         return "- No case ran without error: nothing to diagnose."
     shares = case.stages.shares()
     top = max(shares, key=shares.get)
-    lines = [f"- **{top}** takes the largest share of one image here: "
-             + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
-             + f" of {case.latency.median:.3f} s ({case.case.steps} steps, "
-             f"{case.stages.denoiser_per_step * 1e3:.1f} ms per denoiser step)."]
+    st = case.stages
+    lines = []
+    if case.host is not None and case.host.busy:
+        lines.append(f"- **Measured under contention** ({'; '.join(case.host.reasons)}; this process got "
+                     f"{case.host.share:.0%} of the CPU time used): these times describe the host as much as the "
+                     "pipeline; rerun on a quiet host before judging them against a budget.")
+    lines.append(f"- **{top}** takes the largest share of one image here: "
+                 + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+                 + f" of {case.latency.median:.3f} s (median of {case.latency.n}; the denoiser "
+                 f"{st.denoiser:.3f} s over {len(st.steps) or case.case.steps} steps (median step "
+                 f"{st.denoiser_per_step * 1e3:.1f} ms), text encoder {st.text_encoder:.3f} s, VAE decode "
+                 f"{st.vae_decode:.3f} s, other {st.other:.3f} s).")
     if shares.get("denoiser", 0) >= 0.5:
         lines.append("- The denoising loop dominates, so cheaper denoiser steps (precision, layout, compile) and "
                      "fewer steps with a better scheduler are the levers to measure first.")
@@ -37,8 +45,26 @@ def diagnose(bench, diagnosis=None) -> str:
     return "\n".join(lines)
 
 
+def contention(comparison) -> str:
+    """A first line saying the host was busy and nothing measured here is a speed-up ("" when it was quiet)."""
+    if not (busy := comparison.busy):
+        return ""
+    seen = ", ".join(f"`{n}` {s:.3f} s" for n, s in
+                     comparison.to_frame()["latency_s"].dropna().items()) if comparison.records else ""
+    return (f"- **Measured under contention** ({busy}): no speed-up here can be believed, so none is stated. "
+            f"Seen (not a result): median latency {seen}. Rerun on a quiet host (`lab.host.watch()` says when it "
+            "is), with more repeats.")
+
+
+def _said(verdict) -> str:
+    return f"{_pct(verdict.speedup)}, interval {verdict.low:.2f}–{verdict.high:.2f}×"
+
+
 def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> str:
-    """Fastest recipe, best per family, what costs time, what saves memory, what moved the pictures."""
+    """Fastest recipe, best per family, what costs time, what saves memory, what moved the pictures.
+
+    A speed-up is stated only where its verdict (``Comparison.verdicts``) is ``faster`` or ``slower``.
+    """
     from .experiments import successful
 
     frame = comparison.to_frame()
@@ -46,27 +72,36 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
     ok = successful(frame).drop(index=base, errors="ignore").dropna(subset=["speedup"])
     if ok.empty:
         return f"- No recipe besides `{base}` ran here."
-    best = ok["speedup"].idxmax()
-    lines = [f"- Fastest here: **`{best}`**, {ok.loc[best, 'speedup']:.2f}× the speed of `{base}` "
-             f"({frame.loc[base, 'latency_s']:.3f} s → {ok.loc[best, 'latency_s']:.3f} s per image)."]
+    verdicts = comparison.verdicts()
+    faster = {n: v for n, v in verdicts.items() if v.verdict == "faster" and n in ok.index}
+    lines = [line] if (line := contention(comparison)) else []
+    if faster:
+        best = max(faster, key=lambda n: faster[n].speedup)
+        lines.append(f"- Fastest here: **`{best}`**, {faster[best].speedup:.2f}× the speed of `{base}` (95 % interval "
+                     f"{faster[best].low:.2f}–{faster[best].high:.2f}; {frame.loc[base, 'latency_s']:.3f} s → "
+                     f"{ok.loc[best, 'latency_s']:.3f} s per image).")
+    elif not comparison.busy:
+        lines.append(f"- No recipe is distinguishably faster than `{base}` here.")
+    same = [n for n, v in verdicts.items() if v.verdict == "not distinguishable" and n in ok.index]
+    if same:
+        lines.append(f"- Not distinguishable from `{base}` (interval contains 1, or within 5 %): "
+                     + ", ".join(f"`{n}`" for n in same) + ".")
     for family, names in (families or {}).items():
-        runs = ok.loc[[n for n in names if n in ok.index]]
-        if runs.empty:
-            continue
-        top = runs["speedup"].idxmax()
-        others = ", ".join(f"`{n}` {_pct(s)}" for n, s in runs["speedup"].items() if n != top)
-        lines.append(f"- {family}: " + (f"best `{top}` ({_pct(runs.loc[top, 'speedup'])}); {others}" if others
-                                        else f"`{top}` {_pct(runs.loc[top, 'speedup'])}"))
-    slower = ok[ok["speedup"] < 0.95]
-    if not slower.empty:
+        judged = {n: verdicts[n] for n in names if n in ok.index and n in verdicts and verdicts[n].distinguishable}
+        if judged:
+            lines.append(f"- {family}: " + ", ".join(f"`{n}` {_said(v)}" for n, v in
+                                                     sorted(judged.items(), key=lambda kv: -kv[1].speedup)))
+    slower = {n: v for n, v in verdicts.items() if v.verdict == "slower" and n in ok.index}
+    if slower:
         lines.append("- Slower than the baseline here: " + ", ".join(
-            f"`{n}` ({_pct(s)})" for n, s in slower["speedup"].sort_values().items()) + ".")
+            f"`{n}` ({_said(v)})" for n, v in sorted(slower.items(), key=lambda kv: kv[1].speedup)) + ".")
     if "weight_mb" in ok and frame.loc[base, "weight_mb"]:
         lightest = ok["weight_mb"].idxmin()
         ratio = frame.loc[base, "weight_mb"] / ok.loc[lightest, "weight_mb"]
         if ratio > 1.05:
-            lines.append(f"- Smallest weights: `{lightest}`, {ratio:.1f}× fewer bytes than `{base}` "
-                         f"({_pct(ok.loc[lightest, 'speedup'])} speed).")
+            v = verdicts.get(lightest)
+            speed = (f"{_said(v)} speed" if v.distinguishable else f"speed {v.verdict}") if v else "speed unmatched"
+            lines.append(f"- Smallest weights: `{lightest}`, {ratio:.1f}× fewer bytes than `{base}` ({speed}).")
     if ok["ssim"].notna().any():
         worst = ok["ssim"].idxmin()
         lines.append(f"- Pictures moved most with `{worst}` (SSIM {ok.loc[worst, 'ssim']:.3f} against `{base}`); "
@@ -88,6 +123,8 @@ def interactions(comparison) -> str:
     table = comparison.interactions()
     if table.empty:
         return "- No combination ran alongside all of its parts."
+    if line := contention(comparison):
+        return line + " Interactions between parts cannot be judged from these runs either."
     lines = []
     for combo, row in table.iterrows():
         ratio = row["gain_ratio"]
@@ -95,9 +132,14 @@ def interactions(comparison) -> str:
                    "overlapped (less than the product)" if ratio < 1 else "did better than the product")
         lines.append(f"- `{combo}`: measured {row['measured_speedup']:.2f}× against {row['expected_speedup']:.2f}× "
                      f"expected from its parts (gain ratio {ratio:.2f}): the parts {verdict}.")
-    speedups = successful(comparison.to_frame())["speedup"]
-    fastest = speedups.idxmax()
-    lines.append(f"- Fastest of everything measured here: `{fastest}` ({speedups[fastest]:.2f}×).")
+    faster = {n: v for n, v in comparison.verdicts().items() if v.verdict == "faster"
+              and n in successful(comparison.to_frame()).index}
+    if faster:
+        fastest = max(faster, key=lambda n: faster[n].speedup)
+        lines.append(f"- Fastest of everything measured here: `{fastest}` ({faster[fastest].speedup:.2f}×, interval "
+                     f"{faster[fastest].low:.2f}–{faster[fastest].high:.2f}).")
+    else:
+        lines.append("- Nothing measured here is distinguishably faster than the baseline.")
     return "\n".join(lines)
 
 
@@ -105,26 +147,23 @@ def verify(comparison, quality, chosen: str) -> str:
     """Whether the chosen recipe is faster beyond the noise and passes the gate; how the others did."""
     frame = comparison.to_frame()
     summary = quality.summary()
-    lines = []
+    verdicts = comparison.verdicts()
+    lines = [line] if (line := contention(comparison)) else []
     for recipe in [chosen, *[r for r in frame.index if r not in (chosen, comparison.baseline)]]:
-        if recipe not in frame.index or frame.loc[recipe, "ok"] == 0:
+        if recipe not in frame.index or frame.loc[recipe, "ok"] == 0 or recipe not in verdicts:
             continue
-        row = frame.loc[recipe]
-        verdict = summary.loc[recipe, "verdict"] if recipe in summary.index else "not gated"
-        noise = row["latency_iqr_s"] + frame.loc[comparison.baseline, "latency_iqr_s"]
-        gap = abs(frame.loc[comparison.baseline, "latency_s"] - row["latency_s"])
+        v = verdicts[recipe]
         repeats = min((r.latency.n for r in comparison.records if r.recipe == recipe and r.status == "ok"), default=0)
-        spread = ("one repeat per run: no spread measured, so no claim beyond the noise" if repeats < 2 else
-                  f"a difference {'beyond' if gap > noise else 'within'} the run-to-run spread")
+        speed = ("one repeat per run: no spread measured, so no speed-up is claimed" if repeats < 2 else
+                 v.text() if v.verdict != "untrusted" else "speed-up untrusted (host busy)")
+        gate = summary.loc[recipe, "verdict"] if recipe in summary.index else "not gated"
         extra = ""
         if recipe in summary.index and "adherence" in summary:
             extra = (f", adherence {summary.loc[recipe, 'adherence']:.2f} "
                      f"(baseline {summary.loc[recipe, 'baseline_adherence']:.2f})")
-        lines.append(f"- `{recipe}`{' (chosen)' if recipe == chosen else ''}: {row['speedup']:.2f}× "
-                     f"({_pct(row['speedup'])}, {spread}), quality gate "
-                     f"**{verdict}** (min SSIM {summary.loc[recipe, 'min_ssim']:.3f}{extra})"
-                     if recipe in summary.index else
-                     f"- `{recipe}`: {row['speedup']:.2f}×, not gated")
+        lines.append(f"- `{recipe}`{' (chosen)' if recipe == chosen else ''}: {speed}; quality gate "
+                     f"**{gate}** (min SSIM {summary.loc[recipe, 'min_ssim']:.3f}{extra})"
+                     if recipe in summary.index else f"- `{recipe}`: {speed}; not gated")
     return "\n".join(lines)
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+
 from .cases import Case
+from .host import HostLoad
+from .stats import judge
 
 FREE_FORM_PROMPT = "a photo of an astronaut riding a horse on mars"
 
@@ -17,6 +21,11 @@ def default_prompt(model: str) -> str:
 
         return held_out_prompts(1)[0]
     return FREE_FORM_PROMPT
+
+
+def _listed(names: list[str], first: str = "bf16") -> list[str]:
+    """The recipe list with the pre-selected one on top: a browser scrolls a list box to its selected option."""
+    return [first, *(n for n in names if n != first)] if first in names else list(names)
 
 
 def _png(fig):
@@ -48,8 +57,8 @@ class Workbench:
         self.device, self.repeats, self.baseline = device, repeats, baseline
         style, wide = {"description_width": "initial"}, w.Layout(width="auto")
         self.model = w.Dropdown(options=list(models), value=models[0], description="model", style=style)
-        self.recipes = w.SelectMultiple(options=recipes.fitting(recipes.names(), models[0]), value=("bf16",), rows=8,
-                                        description="recipes", style=style)
+        self.recipes = w.SelectMultiple(options=_listed(recipes.fitting(recipes.names(), models[0])), value=("bf16",),
+                                        rows=8, description="recipes", style=style)
         self.prompt = w.Text(value=default_prompt(models[0]), description="prompt", style=style,
                              layout=w.Layout(width="95%"))
         self.steps = w.IntSlider(value=steps, min=1, max=50, description="steps", style=style)
@@ -69,6 +78,7 @@ class Workbench:
         self.images: dict[str, object] = {}
         self.figures: dict[str, object] = {}  # the last run's figures (images, stages), for inspection
         self.error: str | None = None
+        self.verdict = None  # the last run's lab.stats.Verdict: the speed-up only when it can be believed
 
     def _repr_mimebundle_(self, **kwargs):
         """Display as the panel itself (not ``<Workbench at 0x...>``)."""
@@ -86,7 +96,7 @@ class Workbench:
             self.prompt.value = default_prompt(change["new"])
         # list only the recipes this model's denoiser can take (no UNet-only ones for a transformer)
         chosen = self.recipes.value
-        self.recipes.options = recipes.fitting(recipes.names(), change["new"])
+        self.recipes.options = _listed(recipes.fitting(recipes.names(), change["new"]))
         self.recipes.value = tuple(r for r in chosen if r in self.recipes.options)
 
     def clear(self) -> None:
@@ -94,7 +104,9 @@ class Workbench:
         for out in (self.table_out, self.images_out, self.plot_out):
             out.outputs = ()
         self.result, self.images, self.figures, self.error = None, {}, {}, None
+        self.verdict = None
         self.progress.value, self.status.value = 0, ""
+        self.progress.bar_style = ""
 
     def _on_click(self, _button) -> None:
         try:  # run() starts by clearing the previous run
@@ -104,11 +116,12 @@ class Workbench:
                 out.outputs = ()
             self.result, self.images, self.figures = None, {}, {}
             self.error = f"{type(err).__name__}: {err}"
-            self.status.value = f"<b style='color:#b00'>{self.error}</b>"
+            self.status.value = f"<b style='color:#b00'>{html.escape(self.error)}</b>"
+            # a stopped run must not look half done: the bar goes empty and red
+            self.progress.value, self.progress.bar_style = 0, "danger"
 
     def run(self) -> None:
         """Benchmark baseline and recipe on the current settings and fill the outputs."""
-        import html
         import tempfile
 
         import matplotlib.pyplot as plt
@@ -153,6 +166,11 @@ class Workbench:
         self.images = images
         self.result = pd.DataFrame(rows).set_index("recipe")
         self.result["speedup"] = self.result["median_s"].iloc[0] / self.result["median_s"]
+        base, cand = (results[label].cases[0] for label in (self.baseline, recipe))
+        busy = HostLoad.combine([c.host for c in (base, cand) if c.host and c.host.busy])
+        self.verdict = judge([(base.latency, cand.latency)], busy="; ".join(busy.reasons) if busy else "")
+        self.result["verdict"] = ["baseline", self.verdict.verdict]
+        self.result["host"] = [c.host.label() if c.host else "" for c in (base, cand)]
         # append_display_data renders now, with or without a live kernel (``with out:`` needs one)
         self.table_out.append_display_data(self.result.round(3))
         self.figures = {
@@ -163,7 +181,7 @@ class Workbench:
         for out, fig in zip((self.images_out, self.plot_out), self.figures.values()):
             out.append_display_data(_png(fig))
             plt.close(fig)
-        speedup = self.result["speedup"].iloc[1]
-        self.status.value = html.escape(f"done: {recipe} is {speedup:.2f}x the speed of {self.baseline} "
+        self.progress.bar_style = "success"
+        self.status.value = html.escape(f"done: {recipe} against {self.baseline}: {self.verdict.text()} "
                                         f"({self.result['median_s'].iloc[1]:.3f} s against "
-                                        f"{self.result['median_s'].iloc[0]:.3f} s)")
+                                        f"{self.result['median_s'].iloc[0]:.3f} s, {self.repeats} repeats)")

@@ -62,8 +62,8 @@ def test_a_105_s_repeat_is_flagged_and_does_not_move_the_latency(cmp):
 
 def test_narrow_table_by_default_full_on_request(cmp):
     narrow, full = cmp.to_frame(full=False), cmp.to_frame()
-    assert list(narrow.columns) == ["status", "latency_s", "latency_iqr_s", "speedup", "peak_mem_mb", "weight_mb",
-                                    "ssim", "psnr", "outliers", "reason"]
+    assert list(narrow.columns) == ["status", "latency_s", "latency_iqr_s", "speedup", "verdict", "peak_mem_mb",
+                                    "weight_mb", "ssim", "psnr", "outliers", "reason"]  # no host column: these runs recorded none
     assert {"first_call_s", "apply_s", "peak_mem_delta_mb", "runs", "ok"} <= set(full.columns)
     assert narrow.loc["model-cpu-offload", "reason"] == "needs CUDA"
     assert "first_call_s" not in cmp.to_markdown() and "first_call_s" in cmp.to_markdown(full=True)
@@ -85,7 +85,7 @@ def test_report_flags_outliers_and_keeps_the_recipe_table_narrow(cmp, tmp_path):
     assert "## Outliers" in md and "105.000 s" in md
     all_recipes = md.split("## All recipes\n")[1].split("\n## ")[0]
     widest = max(len(line) for line in all_recipes.splitlines())
-    assert "first_call_s" not in all_recipes and widest < 160
+    assert "first_call_s" not in all_recipes and widest < 180  # the verdict ("not distinguishable") is one of them
     assert "## All recipes, every column" in md
     page = paths["html"].read_text()
     assert "<details><summary>every column</summary>" in page and "<h2>Outliers</h2>" in page
@@ -166,12 +166,23 @@ def test_takeaways_state_what_the_run_found(cmp):
     from lab import takeaways
 
     text = takeaways.compare(cmp, {"precision": ["bf16"], "quantization": ["quanto-unet-int8w"]})
-    frame = cmp.to_frame()
-    best = frame.drop(index="fp32")["speedup"].idxmax()
-    assert f"Fastest here: **`{best}`**, {frame.loc[best, 'speedup']:.2f}×" in text
+    verdicts = cmp.verdicts()
+    # bf16 is faster on one case and slower on the other (its mean speed-up 1.11×): no claim either way
+    assert verdicts["bf16"].verdict == "not distinguishable" and cmp.to_frame().loc["bf16", "speedup"] > 1.1
+    assert "Fastest here" not in text and "No recipe is distinguishably faster than `fp32`" in text
+    assert "Not distinguishable from `fp32`" in text and "`bf16`" in text.split("Not distinguishable")[1]
     assert "`model-cpu-offload` (needs CUDA)" in text and "outlier" in text
-    slower = frame.loc["quanto-unet-int8w", "speedup"]
-    assert (slower < 0.95) == ("Slower than the baseline here: `quanto-unet-int8w`" in text)
+    slower = verdicts["quanto-unet-int8w"]
+    assert (slower.verdict == "slower") == ("Slower than the baseline here: `quanto-unet-int8w`" in text)
+
+    # a recipe faster on every run, with tight repeats: the speed-up is stated, with its interval
+    for r in cmp.records:
+        if r.recipe == "bf16":
+            r.latency = Latency.from_values([v * 0.5 for v in LATENCIES[("fp32", r.case)]])
+    v = cmp.verdict("bf16")
+    text = takeaways.compare(cmp)
+    assert v.verdict == "faster" and v.low <= 2.0 <= v.high
+    assert f"Fastest here: **`bf16`**, {v.speedup:.2f}× the speed of `fp32` (95 % interval {v.low:.2f}" in text
 
     assert takeaways.lora(0.409, 0.465).startswith("- LoRA: unfused 0.409 s, fused 0.465 s per call: 14% more")
     assert "same time" in takeaways.lora(0.409, 0.41) and "less time" in takeaways.lora(0.5, 0.4)
@@ -198,9 +209,9 @@ def test_verify_takeaway_reports_speedup_spread_and_gate(cmp):
 
     text = takeaways.verify(cmp, lab.evaluate(cmp), "bf16")
     first = text.splitlines()[0]
-    speedup = cmp.to_frame().loc["bf16", "speedup"]
-    assert first.startswith(f"- `bf16` (chosen): {speedup:.2f}×") and "quality gate **" in first
-    assert "run-to-run spread" in first and "`quanto-unet-int8w`" in text
+    verdict = cmp.verdict("bf16")
+    assert first.startswith(f"- `bf16` (chosen): not distinguishable ({verdict.reason})") and "quality gate **" in first
+    assert "rerun with more repeats" in first and "`quanto-unet-int8w`" in text
 
 
 def test_diagnose_takeaway_names_the_measured_shares(tiny_pipe):
@@ -212,4 +223,4 @@ def test_diagnose_takeaway_names_the_measured_shares(tiny_pipe):
     shares = bench.cases[0].stages.shares()
     top = max(shares, key=shares.get)
     assert text.startswith(f"- **{top}** takes the largest share") and f"{shares[top]:.0%}" in text
-    assert f"{bench.cases[0].latency.median:.3f} s (2 steps" in text
+    assert f"{bench.cases[0].latency.median:.3f} s (median of 1; the denoiser" in text and "over 2 steps" in text
