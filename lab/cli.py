@@ -259,7 +259,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # before it writes anything; it creates --out itself and removes it if the model cannot load.
     cmp = compare(args.model, recipes, cases, seeds=tuple(range(args.seeds)), repeats=args.repeats,
                   warmup=args.warmup, out=args.out, dtype=args.dtype, device=args.device, progress=not args.quiet,
-                  isolate=False if args.in_process else None, executor=executor)
+                  isolate=False if args.in_process else None, executor=executor, recheck=not args.no_recheck)
     out = Path(args.out)
     atomic_write_text(out / "comparison.md", cmp.to_markdown() + "\n")
     print(cmp.to_markdown())
@@ -405,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--repeats", type=_positive, default=3, help="timed calls per run")
     cmp.add_argument("--out", default="runs/compare", help="output directory (re-use it to resume)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.add_argument("--no-recheck", action="store_true",
+                     help="do not re-measure the baseline after the candidates (the check for drift)")
     ex = cmp.add_argument_group("where the runs execute (each recipe in a fresh worker process)")
     ex.add_argument("--executor", default="local", help="local (this machine), submitit (SLURM) or ray")
     ex.add_argument("--workers", type=_int, default=None,

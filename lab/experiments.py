@@ -80,6 +80,7 @@ class RunRecord(Record):
     model: str = ""  # the model the row was measured on ("" in rows written before it was recorded)
     worker: dict | None = None  # the isolated worker that measured it: pid, host, device slot, cache dirs, seconds
     host: HostLoad | None = None  # what else the host did while it was measured (lab.host)
+    recheck: bool = False  # the baseline measured again at the end of a sweep: a drift check, not a result
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -108,12 +109,14 @@ class Comparison(Record):
     out: str
     records: list[RunRecord]
     corrupt_lines: list[int] = field(default_factory=list)
+    rechecks: list[RunRecord] = field(default_factory=list)  # the baseline re-measured after the candidates
 
     @classmethod
     def load(cls, out: str | os.PathLike, model: str = "", baseline: str | None = None) -> "Comparison":
         """Read ``<out>/results.jsonl``; a corrupt line is reported with its number and skipped."""
         path = Path(out) / RESULTS
         latest: dict[tuple, RunRecord] = {}
+        rechecks: dict[tuple, RunRecord] = {}
         corrupt: list[int] = []
         info = _read_meta(Path(out))
         if info:
@@ -133,10 +136,11 @@ class Comparison(Record):
                     warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})",
                                   stacklevel=2)
                     continue
-                latest[rec.key] = rec  # a retried run supersedes its earlier line
+                (rechecks if rec.recheck else latest)[rec.key] = rec  # a retried run supersedes its earlier line
         records = list(latest.values())
         baseline = baseline or (records[0].recipe if records else "")
-        return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt)
+        return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt,
+                   rechecks=[r for r in rechecks.values() if r.recipe == baseline])
 
     def to_frame(self, full: bool = True):
         """Per recipe: latency and spread, speed-up, memory and its delta, weights, quality, outliers, status.
@@ -216,7 +220,7 @@ class Comparison(Record):
                  if r.recipe == recipe and r.status == "ok" and (r.case, r.seed) in base]
         if not pairs:
             return None
-        busy = self._busy([run for pair in pairs for run in pair])
+        busy = "; ".join(filter(None, (self._busy([run for pair in pairs for run in pair]), self.drift)))
         return judge([(b.latency, r.latency) for b, r in pairs], busy=busy)
 
     def verdicts(self) -> dict[str, Verdict]:
@@ -230,7 +234,21 @@ class Comparison(Record):
     @property
     def busy(self) -> str:
         """The contention any run of this comparison saw ("" when the host was quiet throughout)."""
-        return self._busy([r for r in self.records if r.status == "ok"])
+        return self._busy([r for r in self.records if r.status == "ok"] + [r for r in self.rechecks if r.status == "ok"])
+
+    @property
+    def drift(self) -> str:
+        """How the baseline moved between its first measurement and its re-measurement after the candidates
+        ("" when it did not move distinguishably, or was not re-measured)."""
+        base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
+        pairs = [(base[(r.case, r.seed)], r) for r in self.rechecks if r.status == "ok" and (r.case, r.seed) in base]
+        if not pairs:
+            return ""
+        v = judge([(b.latency, r.latency) for b, r in pairs])
+        if not v.distinguishable:
+            return ""
+        return (f"the baseline `{self.baseline}` drifted during the sweep: re-measured at the end it ran "
+                f"{1 / v.speedup:.2f}× its first time (interval {1 / v.high:.2f}–{1 / v.low:.2f})")
 
     def outlier_runs(self) -> list[RunRecord]:
         """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
@@ -249,6 +267,8 @@ class Comparison(Record):
         if busy := self.busy:
             table += (f"\n\nMeasured under contention ({busy}): no speed-up in this table can be believed "
                       "(verdict `untrusted`); rerun on a quiet host.")
+        if drift := self.drift:
+            table += f"\n\nBaseline drift: {drift}; the speed-ups are `untrusted` (the host changed under the sweep)."
         if self.random_weights:
             table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
                       "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
@@ -459,6 +479,7 @@ def compare(
     prime: bool = True,
     isolate: bool | None = None,
     executor: str | ExecutorConfig = "local",
+    recheck: bool = True,
 ) -> Comparison:
     """Benchmark each recipe string (the first is the baseline) on every case and seed.
 
@@ -481,6 +502,8 @@ def compare(
         isolate: run each recipe in its own worker (default, unless ``LAB_ISOLATE=0``); False runs them in
             this process, one after another: quicker for an interactive cell, but figures may depend on order.
         executor: ``"local"``, ``"submitit"``, ``"ray"`` or an ``lab.executors.ExecutorConfig`` with options.
+        recheck: after the candidates, measure the baseline's first run once more; a baseline that moved
+            (``Comparison.drift``) makes every speed-up ``untrusted``.
     """
     from tqdm.auto import tqdm
 
@@ -503,6 +526,10 @@ def compare(
             outcomes = (config.build(out, env.device).run(tasks) if isolate and tasks
                         else sweep.in_process(tasks, prime, bar))
             sweep.collect(outcomes, bar.update, baseline_done=all(t.recipe != baseline for t in tasks))
+            if recheck and any(t.recipe != baseline for t in tasks):
+                again = [sweep.task(baseline, [(cases[0].name, seeds[0])])]
+                sweep.recheck(config.build(out, env.device).run(again) if isolate
+                              else sweep.in_process(again, False, bar))
         finally:
             bar.close()
         return Comparison.load(out, model, baseline)
@@ -630,6 +657,16 @@ class _Sweep:
                 waiting = []
         for held in waiting:  # no baseline ran in this sweep (it failed to return): write them anyway
             self.finish(held, tick)
+
+    def recheck(self, outcomes) -> None:
+        """Append the baseline's re-measurement as ``recheck`` rows: no image, no fidelity, not a result."""
+        for outcome in outcomes:
+            for measured in outcome.runs:
+                record = measured.record
+                record.recheck, record.model = True, self.model
+                if outcome.worker and "pid" in outcome.worker:
+                    record.worker = dict(outcome.worker)
+                _append(self.out / RESULTS, record)
 
     def finish(self, outcome, tick) -> None:
         """The parent's part of a run: its image and update written, SSIM/PSNR/fidelity against the baseline's."""

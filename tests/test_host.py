@@ -151,3 +151,28 @@ def test_on_a_cpu_the_host_share_is_reported_not_skipped():
     share = next(f for f in d.findings if f.rule == "cpu-bound-host")
     assert share.severity == "info" and "99%" in share.message and share.suggest == []
     assert "host-contention" not in d.rules
+
+
+def test_a_baseline_that_drifted_is_flagged_and_makes_speedups_untrusted(tmp_path):
+    records = [_record("fp32", [1.00, 1.01, 0.99], QUIET), _record("bf16", [0.50, 0.51, 0.49], QUIET)]
+    steady = _record("fp32", [1.01, 1.00, 0.99], QUIET)
+    steady.recheck = True
+    cmp = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records, rechecks=[steady])
+    assert cmp.drift == "" and cmp.verdict("bf16").verdict == "faster"
+    moved = _record("fp32", [1.50, 1.52, 1.49], QUIET)
+    moved.recheck = True
+    cmp.rechecks = [moved]
+    assert "drifted during the sweep" in cmp.drift and "1.50×" in cmp.drift
+    assert cmp.verdict("bf16").verdict == "untrusted" and "Baseline drift" in cmp.to_markdown()
+
+
+def test_compare_rechecks_the_baseline_after_the_candidates(tmp_path):
+    case = lab.Case("a red circle", steps=1, name="c")
+    cmp = compare("tiny", ["fp32", "steps-1"], case, repeats=2, warmup=0, out=tmp_path, progress=False, isolate=False)
+    assert [r.recipe for r in cmp.rechecks] == ["fp32"] and cmp.rechecks[0].recheck
+    assert len(cmp.records) == 2 and all(not r.recheck for r in cmp.records)  # a drift check, not a result
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"recheck": true' in lines[-1]
+    again = compare("tiny", ["fp32", "steps-1"], case, repeats=2, warmup=0, out=tmp_path, progress=False,
+                    isolate=False)  # nothing left to run: nothing re-measured
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3 and len(again.rechecks) == 1
