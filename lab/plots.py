@@ -98,19 +98,26 @@ def plot_stages(result, *, path: str | os.PathLike | None = None):
 
 def plot_resources(monitor, *, path: str | os.PathLike | None = None):
     """CPU % and RSS over time (GPU memory and utilisation too when sampled)."""
+    import numpy as np
+
     frame = monitor.frame() if hasattr(monitor, "frame") else monitor
     gpu = "gpu_memory_mb" in frame
     fig, axes = _figure(figsize=(7, 5 if gpu else 3.5), nrows=2 if gpu else 1)
     ax = axes[0][0] if gpu else axes
-    ax.plot(frame.index, frame["cpu_percent"], color="tab:blue", marker=".", label="CPU %")
+    # 0.05 s samples of a 2-core machine jump between 0 and 200 %: a raw line is a solid band, so the
+    # samples are drawn faint and a 0.5 s rolling mean on top
+    window = max(1, round(0.5 / float(np.median(np.diff(frame.index))))) if len(frame) > 2 else 1
+    ax.plot(frame.index, frame["cpu_percent"], color="tab:blue", alpha=0.25, linewidth=0.6)
+    ax.plot(frame.index, frame["cpu_percent"].rolling(window, min_periods=1, center=True).mean(),
+            color="tab:blue", label=f"CPU % ({window}-sample mean)" if window > 1 else "CPU %")
     ax.set_ylabel("CPU % (100 = 1 core)")
     ax.set_xlabel("seconds")
     twin = ax.twinx()
-    twin.plot(frame.index, frame["rss_mb"], color="tab:orange", marker=".", label="RSS MB")
+    twin.plot(frame.index, frame["rss_mb"], color="tab:orange", label="RSS MB")
     twin.set_ylabel("RSS (MB)")
     ax.set_title("Resources during the run")
-    ax.legend(loc="upper left", fontsize="small")
-    twin.legend(loc="upper right", fontsize="small")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
     if gpu:
         g = axes[1][0]
         g.plot(frame.index, frame["gpu_memory_mb"], label="GPU memory MB")
@@ -168,9 +175,10 @@ def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | Non
                            color=colours.get(span.stage, "grey"))
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.set_xlabel("ms from the start of the trace")
-    ax.set_title(f"Timeline of one call: {prof.model} ({prof.denoiser_steps} denoising steps recorded)")
-    ax.legend(handles=[_patch(colours[s], s) for s in stages], fontsize="x-small", ncols=min(len(stages), 5),
-              loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.set_title(f"Timeline of one call: {prof.model}\n{steps_recorded(prof)}", fontsize="medium")
+    # beside the timeline, not under it: below, it lands on the second plot's title
+    ax.legend(handles=[_patch(colours[s], s.replace(STEP_PREFIX, "step ")) for s in stages], fontsize="x-small",
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1 if len(stages) <= 8 else 2)
     kind = "kernel" if prof.has_kernels else "op"
     key = "self_device_us" if kind == "kernel" else "self_cpu_us"
     per = {stage: {} for stage in stages}
@@ -195,6 +203,16 @@ def plot_timeline(profile_result, *, top: int = 6, path: str | os.PathLike | Non
     bars.set_title(f"Top {kind}s per stage")
     bars.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def steps_recorded(prof) -> str:
+    """How many denoiser calls the trace holds, and why when it is not the number of steps asked for."""
+    n, asked = prof.denoiser_steps, prof.record_steps
+    if n == asked:
+        return f"{n} denoising steps recorded"
+    return (f"{n} denoiser calls recorded for the {asked} steps asked: the scheduler evaluates the denoiser "
+            + ("more often than once a step (PNDM's PLMS start repeats a timestep; Heun's is second order)"
+               if n > asked else "fewer times than the steps asked"))
 
 
 def _timeline_axes():
@@ -369,13 +387,31 @@ def plot_quality_vs_speed(comparison, *, path: str | os.PathLike | None = None):
     ax.scatter(frame["latency_s"], frame["ssim"], color="tab:blue", label="recipe")
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", marker="o",
             label="Pareto front")
-    for name, (x, y) in zip(frame.index, points):
-        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    _label_points(ax, list(frame.index), points)
     ax.set_xlabel("seconds per image (median)")
     ax.set_ylabel(f"SSIM vs {comparison.baseline}")
     ax.set_title("Quality against speed")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def _label_points(ax, names, points) -> None:
+    """Name each point without running off the axes or onto a neighbour: labels point inwards, and points
+    close together get their labels stacked one line apart."""
+    if not points:
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xmid = (min(xs) + max(xs)) / 2
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for name, (x, y) in sorted(zip(names, points), key=lambda kv: (kv[1][1], kv[1][0])):
+        near = sum(1 for px, py in placed if abs(py - y) < 0.06 * span_y and abs(px - x) < 0.25 * span_x)
+        right = x > xmid
+        ax.annotate(wrap_label(str(name), 24), (x, y), fontsize=7, xytext=(-5 if right else 5, 4 + 10 * near),
+                    textcoords="offset points", ha="right" if right else "left", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if near else None)
+        placed.append((x, y))
+    ax.margins(x=0.15, y=0.2)
 
 
 def plot_diff_grid(comparison, *, seed: int = 0, path: str | os.PathLike | None = None):
@@ -440,7 +476,9 @@ def plot_images(images, titles=None, *, ncols: int = 4, path: str | os.PathLike 
     titles = list(titles) if titles is not None else [""] * len(images)
     ncols = max(1, min(ncols, len(images)))
     nrows = math.ceil(len(images) / ncols)
-    fig, grid = _figure(figsize=(2.1 * ncols, 2.3 * nrows), nrows=nrows, ncols=ncols)
+    lines = max((len(textwrap.wrap(t, 26)) for t in titles), default=0)
+    # a caption must stay readable when the notebook shrinks the figure to its column (~9 pt at 100 %)
+    fig, grid = _figure(figsize=(2.8 * ncols, (2.6 + 0.17 * lines) * nrows), nrows=nrows, ncols=ncols)
     if nrows == ncols == 1:
         grid = [[grid]]
     for k in range(nrows * ncols):
@@ -448,7 +486,7 @@ def plot_images(images, titles=None, *, ncols: int = 4, path: str | os.PathLike 
         ax.set_axis_off()
         if k < len(images):
             ax.imshow(images[k])
-            ax.set_title(textwrap.fill(titles[k], 30), fontsize=6)
+            ax.set_title(textwrap.fill(titles[k], 26), fontsize=9)
     return _save(fig, path)
 
 

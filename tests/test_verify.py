@@ -107,9 +107,15 @@ def test_trace_diff_shows_what_changed(tiny_pipe, tmp_path):
     after = profile(math_pipe, lab.Case("x", steps=3), record_steps=1, out_dir=tmp_path / "b")
     diff = diff_profiles(before, after, before_name="sdpa", after_name="math")
     sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
-    # only the CLIP text encoder (transformers' own SDPA) still calls it
-    assert diff.ops.loc[sdpa, "after_ms"] < 0.5 * diff.ops.loc[sdpa, "before_ms"] and diff.ops.loc[sdpa, "delta_ms"] < 0
-    assert diff.ops.loc["aten::bmm", "delta_ms"] > 0  # the math processor's explicit matmuls
+
+    def step_calls(prof, name):
+        return sum(r.calls for r in prof.op_records if r.name == name and r.stage.startswith("denoiser_step"))
+
+    # counted, not timed (times move with the host's load): inside the denoising steps the math processor
+    # calls no fused SDPA and explicit matmuls instead; only the CLIP text encoder still calls SDPA
+    assert step_calls(before, sdpa) > 0 and step_calls(after, sdpa) == 0
+    assert step_calls(after, "aten::bmm") > step_calls(before, "aten::bmm")
+    assert sdpa in diff.ops.index and diff.ops.loc[sdpa, "after_ms"] > 0  # the text encoder's, in the diff
 
 
 class _Collect(html.parser.HTMLParser):
