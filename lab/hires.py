@@ -23,6 +23,17 @@ class HiresTimes(Record):
     def total_s(self) -> float:
         return self.base_s + self.upscale_s + self.refine_s
 
+    def to_markdown(self) -> str:
+        """The three stages as a table, with their sizes and the total."""
+        return ("| stage | size | seconds |\n|---|---|---|\n"
+                f"| base generation | {self.base_size}² | {self.base_s:.2f} |\n"
+                f"| Lanczos upscale | {self.base_size}² → {self.final_size}² | {self.upscale_s:.3f} |\n"
+                f"| img2img refine | {self.final_size}² | {self.refine_s:.2f} |\n"
+                f"| **total** | | **{self.total_s:.2f}** |")
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
 
 def hires_fix(pipe, case: Case, *, scale: float = 2.0, strength: float = 0.5, refine_steps: int | None = None):
     """Generate ``case`` at its size, upscale by ``scale`` (Lanczos) and refine with img2img.
@@ -31,8 +42,12 @@ def hires_fix(pipe, case: Case, *, scale: float = 2.0, strength: float = 0.5, re
     weights). Returns (base image, final image, HiresTimes).
     """
     import torch
-    from diffusers import AutoPipelineForImage2Image
     from PIL import Image
+
+    from ._quiet import quiet_transformers
+
+    with quiet_transformers():  # importing the auto pipelines imports every image processor, each with a notice
+        from diffusers import AutoPipelineForImage2Image
 
     from .models import default_size
 

@@ -180,11 +180,34 @@ def lora(unfused_s: float, fused_s: float, tolerance: float = 0.05) -> str:
     return f"- LoRA: unfused {unfused_s:.3f} s, fused {fused_s:.3f} s per call: {said}."
 
 
-def fallback(result) -> str:
-    """What the out-of-memory fallback had to give up in this run."""
+# the fallback's picture is "lost" below this share of the unconstrained call's adherence
+KEPT_ADHERENCE = 0.7
+
+
+def fallback(result, image=None, reference=None) -> str:
+    """What the out-of-memory fallback had to give up in this run, and whether its picture survived.
+
+    With ``image`` (what the fallback returned) and ``reference`` (the same case without a budget) on a
+    shape-scene prompt, both are scored for adherence: a call that finished but lost the picture is a failure.
+    """
     if not result.actions:
         return "- The out-of-memory fallback was not needed: the first call fitted."
     size = result.case.height or "native"
     budget = f" under a {result.budget_mb:.2f} MB budget" if result.budget_mb else ""
-    return (f"- Out-of-memory fallback{budget}: {len(result.errors)} out-of-memory error(s), then "
+    line = (f"- Out-of-memory fallback{budget}: {len(result.errors)} out-of-memory error(s), then "
             + " → ".join(f"`{a}`" for a in result.actions) + f"; the image finally came at {size} px.")
+    if image is None:
+        return line
+    from .shapes import adherence, is_shape_caption
+
+    if not is_shape_caption(result.case.prompt):
+        return line + " No detector scores this prompt: look at the image before calling the fallback a success."
+    got = adherence(image, result.case.prompt).overall
+    if reference is None:
+        return line + f" Its adherence to the prompt: {got:.2f}."
+    want = adherence(reference, result.case.prompt).overall
+    if got < KEPT_ADHERENCE * want:
+        return line + (f" **The picture was lost**: adherence {got:.2f} against {want:.2f} without the budget. The "
+                       "call finished, but what it drew is not the prompt: at this size the model makes noise, so "
+                       "report an out-of-memory failure rather than this image.")
+    return line + f" The picture survived: adherence {got:.2f} against {want:.2f} without the budget."

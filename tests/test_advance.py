@@ -327,3 +327,23 @@ def test_workbench_says_why_a_recipe_cannot_apply():
     wb.recipes.value = ("model-cpu-offload",)  # needs CUDA: the reason, not a misleading run
     wb.run_button.click()
     assert wb.error and "cannot apply here" in wb.error and wb.result is None
+
+
+def test_fallback_takeaway_judges_the_picture_not_the_call():
+    import numpy as np
+    from PIL import Image
+
+    from lab import shapes, takeaways
+    from lab.fallback import FallbackResult
+
+    prompt = "a red circle on the left, white background"
+    drawn = Image.fromarray(shapes.render(shapes.parse_caption(prompt), np.random.default_rng(0)))
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    result = FallbackResult(case=lab.Case(prompt, height=48, width=48), actions=["vae-tiling", "resolution 64 -> 48"],
+                            errors=["oom", "oom"], budget_mb=1.0)
+    lost = takeaways.fallback(result, noise, reference=drawn)
+    assert "The picture was lost" in lost and "against 1.00 without the budget" in lost
+    kept = takeaways.fallback(result, drawn, reference=drawn)
+    assert "The picture survived: adherence 1.00" in kept
+    assert "No detector scores this prompt" in takeaways.fallback(
+        FallbackResult(case=lab.Case("an astronaut", height=48), actions=["vae-tiling"], errors=["oom"]), noise)
