@@ -147,10 +147,20 @@ class BenchmarkResult(Record):
             f"warm-up {self.warmup}, repeats {self.repeats}; {self.env.device_name}, "
             f"torch {self.env.packages.get('torch')}, {self.env.torch_threads} threads\n\n"
         )
-        return header + frame.round(digits).to_markdown()
+        table = header + frame.round(digits).to_markdown()
+        if busy := self.busy:
+            table += (f"\n\nMeasured under contention ({busy}): these times describe the host as much as the "
+                      "pipeline; rerun on a quiet host before comparing them.")
+        return table
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
+
+    @property
+    def busy(self) -> str:
+        """The contention the cases were measured under ("" when the host was quiet or nothing was recorded)."""
+        load = HostLoad.combine([c.host for c in self.cases if c.host and c.host.busy])
+        return "; ".join(load.reasons) if load else ""
 
     @property
     def failed(self) -> list[CaseResult]:

@@ -245,6 +245,11 @@ def _ok_frame(comparison):
     return successful(comparison.to_frame())
 
 
+def _busy_note(comparison) -> str:
+    """A title suffix naming contention, so a plot cut out of its notebook still says it cannot be trusted."""
+    return "\nmeasured under contention: speed-ups untrusted" if comparison.busy else ""
+
+
 def plot_latency(comparison, *, path: str | os.PathLike | None = None):
     """Latency per recipe (geometric mean of run medians) with the IQR as error bars; baseline in grey.
 
@@ -256,7 +261,8 @@ def plot_latency(comparison, *, path: str | os.PathLike | None = None):
     ax.barh(labels, frame["latency_s"], xerr=frame["latency_iqr_s"] / 2, capsize=3,
             color=colors)
     ax.set_xlabel("seconds per image (IQR bars)")
-    ax.set_title(f"Latency: {comparison.model} (baseline {comparison.baseline} in grey)", fontsize=10)
+    ax.set_title(f"Latency: {comparison.model} (baseline {comparison.baseline} in grey){_busy_note(comparison)}",
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -265,17 +271,24 @@ def plot_speedup(comparison, *, path: str | os.PathLike | None = None):
     ``speedup`` as every table (baseline ÷ recipe latency over matched runs)."""
     frame = _ok_frame(comparison).drop(index=comparison.baseline, errors="ignore")[::-1]
     pct = (frame["speedup"] - 1) * 100
+    verdicts = frame["verdict"] if "verdict" in frame else [""] * len(frame)
     labels = [wrap_label(r) for r in frame.index]
     fig, ax = _figure(figsize=(7, _bar_height(labels)))
-    bars = ax.barh(labels, pct,
-                   color=["tab:green" if v >= 0 else "tab:red" for v in pct])
-    ax.bar_label(bars, labels=[f"{v:+.0f}%" for v in pct], fontsize="small", padding=2)
+    # a bar is coloured only when its verdict says it can be believed; the whiskers are its 95 % interval
+    colours = {"faster": "tab:green", "slower": "tab:red"}
+    err = None
+    if "speedup_low" in frame:
+        err = [(pct - (frame["speedup_low"] - 1) * 100).clip(lower=0), ((frame["speedup_high"] - 1) * 100 - pct).clip(lower=0)]
+    bars = ax.barh(labels, pct, xerr=err, capsize=3, color=[colours.get(v, "lightgrey") for v in verdicts])
+    short = {"not distinguishable": "n.d.", "untrusted": "untrusted"}
+    ax.bar_label(bars, labels=[f"{v:+.0f}%" + (f" ({short[w]})" if w in short else "") for v, w in zip(pct, verdicts)],
+                 fontsize="small", padding=2)
     ax.axvline(0, color="black", linewidth=0.8)
     lo, hi = min(0.0, pct.min() if len(pct) else 0.0), max(0.0, pct.max() if len(pct) else 0.0)
     pad = 0.18 * max(hi - lo, 1.0)  # room for the value labels at both ends
     ax.set_xlim(lo - (pad if lo < 0 else 0.05 * pad), hi + (pad if hi > 0 else 0.05 * pad))
     ax.set_xlabel(f"speed-up vs {comparison.baseline} (%)")
-    ax.set_title("Speed-up per recipe", fontsize=10)
+    ax.set_title(f"Speed-up per recipe (grey: not distinguishable or untrusted){_busy_note(comparison)}", fontsize=10)
     return _save(fig, path)
 
 
