@@ -25,6 +25,7 @@ from .benchmarking import StageSummary
 from .cases import Case
 from .env import RecipeEnv
 from .fidelity import Fidelity
+from .power import Energy
 from .memory import model_peak_mb
 from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
@@ -78,6 +79,8 @@ class RunRecord(Record):
     fidelity_note: str | None = None  # why there is none
     model: str = ""  # the model the row was measured on ("" in rows written before it was recorded)
     worker: dict | None = None  # the isolated worker that measured it: pid, host, device slot, cache dirs, seconds
+    energy: Energy | None = None  # joules per image and mean watts of the measured calls (lab.power), or why not
+    threads: dict | None = None  # CPU threads in effect while measuring: {"intra_op": n, "inter_op": m}
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -180,6 +183,10 @@ class Comparison(Record):
                     outliers=len(outliers),
                     slowest_repeat_s=max(r.latency.max for r in ok),
                 )
+                energy = [r.energy for r in ok if r.energy is not None and r.energy.readable]
+                if energy:
+                    row.update(energy_j_per_image=statistics.median(e.joules_per_image for e in energy),
+                               mean_watts=statistics.median(e.mean_watts for e in energy))
                 fidelity = [r.fidelity for r in ok if r.fidelity is not None]
                 if fidelity:  # the worst run: a recipe is as faithful as its least faithful image
                     row.update(fidelity_cos=min(f.cosine for f in fidelity),
@@ -193,6 +200,11 @@ class Comparison(Record):
         if "outliers" in frame:
             frame["outliers"] = frame["outliers"].fillna(0).astype(int)
         return frame if full else narrow(frame)
+
+    def energy_notes(self) -> list[str]:
+        """Why successful runs have no energy figure (one line per distinct reason; empty when all have one)."""
+        return sorted({(r.energy.note if r.energy is not None else "recorded before lab measured energy") or ""
+                       for r in self.records if r.status == "ok" and (r.energy is None or not r.energy.readable)})
 
     def outlier_runs(self) -> list[RunRecord]:
         """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
@@ -530,7 +542,7 @@ def _open_run(out: Path, model: str, baseline: str, recipes: list[str], dtype: s
 
 # what a run record takes from a successful benchmark case
 _MEASURED = ("latency", "first_call_s", "peak_rss_mb", "rss_before_mb", "peak_cuda_allocated_mb", "cpu_percent",
-             "stages")
+             "stages", "energy")
 
 
 @dataclass

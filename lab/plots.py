@@ -473,3 +473,24 @@ def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
     ax.set_ylabel("adherence (1 = matches the prompt)")
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
+
+
+def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
+    """Latency (median, IQR bars) against CPU threads, beside perfect scaling from the fewest threads."""
+    pts = [p for p in scaling.points if p.latency_s is not None]
+    fig, ax = _figure()
+    x = [p.threads for p in pts]
+    ax.errorbar(x, [p.latency_s for p in pts], yerr=[p.iqr_s / 2 for p in pts], marker="o", capsize=4,
+                color="tab:blue", label="measured (IQR)")
+    if pts:
+        ax.plot(x, [pts[0].latency_s * pts[0].threads / n for n in x], ls="--", color="grey",
+                label="perfect scaling")
+        best = min(pts, key=lambda p: p.latency_s)
+        ax.annotate(f"fastest: {best.threads}", (best.threads, best.latency_s), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize="small")
+    ax.set_xticks(x)
+    ax.set_xlabel("CPU threads (intra- and inter-op)")
+    ax.set_ylabel("seconds per call")
+    ax.set_title(f"Thread scaling: {scaling.model} ({scaling.cores} cores)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
