@@ -397,6 +397,7 @@ def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
 
     from .prepare import prepare
 
+    intra = torch.get_num_threads()  # a threads-N baseline primed here must not set the next runs' threads
     try:
         prepared = prepare(model, plan, device=device, dtype=dtype, cases=[case], env=env, strict=False)
         if prepared.pipe is not None:
@@ -406,6 +407,7 @@ def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
         pass
     finally:
         prepared = None
+        torch.set_num_threads(intra)
         gc.collect()
 
 

@@ -155,3 +155,32 @@ def test_old_results_without_energy_still_load(tmp_path):
     assert cmp.records[0].energy is None and cmp.records[0].threads is None
     assert "energy_j_per_image" not in cmp.to_frame()
     assert cmp.energy_notes() == ["recorded before lab measured energy"]
+
+
+def test_compare_records_energy_and_the_report_shows_it(tmp_path, monkeypatch):
+    from lab.reporting import before_after
+
+    ticks = iter(range(0, 100_000, 5))
+
+    class Counter:
+        source, domains, note = "rapl", ["intel-rapl:0 (package-0)"], "the whole CPU package"
+
+        def read(self):
+            return float(next(ticks))
+
+    monkeypatch.setattr(power, "energy_counter", lambda device: (Counter(), None))
+    case = lab.Case("a red circle on the left", steps=1, name="circle")
+    cmp = lab.compare("tiny", ["fp32", "steps-2"], [case], repeats=2, warmup=0, out=tmp_path, progress=False,
+                      isolate=False)
+    record = cmp.record("fp32", "circle")
+    assert record.energy.source == "rapl" and record.energy.joules_per_image == pytest.approx(5.0)
+    assert lab.Comparison.load(tmp_path).record("fp32", "circle").energy == record.energy  # through results.jsonl
+    assert cmp.to_frame().loc["steps-2", "energy_j_per_image"] == pytest.approx(5.0)
+    quality = lab.evaluate(cmp)
+    row = before_after(cmp, "steps-2", quality).loc["energy per image (J)"]
+    assert list(row) == [pytest.approx(5.0), pytest.approx(5.0), "+0.0%"]
+    for r in cmp.records:  # as on this VM: no counter, so no figure and the reason instead
+        r.energy = Energy.unreadable("no RAPL energy counter: /sys/class/powercap does not exist")
+    row = before_after(cmp, "steps-2", quality).loc["energy per image (J)"]
+    assert row.iloc[0] != row.iloc[0] and row.iloc[1] != row.iloc[1]  # NaN, not a number made up
+    assert row["change"] == "not measured: no RAPL energy counter: /sys/class/powercap does not exist"
