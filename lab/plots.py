@@ -97,11 +97,14 @@ def plot_stages(result, *, path: str | os.PathLike | None = None):
 
 
 def plot_resources(monitor, *, path: str | os.PathLike | None = None):
-    """CPU % and RSS over time (GPU memory and utilisation too when sampled)."""
+    """CPU % and RSS over time (GPU memory and utilisation too when sampled, and board power and SM clock
+    against its maximum where NVML reads them)."""
     frame = monitor.frame() if hasattr(monitor, "frame") else monitor
     gpu = "gpu_memory_mb" in frame
-    fig, axes = _figure(figsize=(7, 5 if gpu else 3.5), nrows=2 if gpu else 1)
-    ax = axes[0][0] if gpu else axes
+    power = "gpu_power_w" in frame or "sm_clock_mhz" in frame
+    rows = 1 + gpu + power
+    fig, axes = _figure(figsize=(7, {1: 3.5, 2: 5.0}.get(rows, 7.0)), nrows=rows)
+    ax = axes[0][0] if rows > 1 else axes
     ax.plot(frame.index, frame["cpu_percent"], color="tab:blue", marker=".", label="CPU %")
     ax.set_ylabel("CPU % (100 = 1 core)")
     ax.set_xlabel("seconds")
@@ -119,6 +122,20 @@ def plot_resources(monitor, *, path: str | os.PathLike | None = None):
         g2.plot(frame.index, frame["gpu_util_percent"], color="tab:green", label="GPU util %")
         g2.set_ylabel("GPU util %")
         g.set_xlabel("seconds")
+    if power:
+        p = axes[rows - 1][0]
+        if "gpu_power_w" in frame:
+            p.plot(frame.index, frame["gpu_power_w"], color="tab:red", label="board power W")
+        p.set_ylabel("power (W)")
+        if "sm_clock_mhz" in frame:
+            c = p.twinx()
+            c.plot(frame.index, frame["sm_clock_mhz"], color="tab:purple", label="SM clock MHz")
+            if "sm_clock_max_mhz" in frame:
+                c.plot(frame.index, frame["sm_clock_max_mhz"], color="tab:purple", ls="--", label="max clock")
+            c.set_ylabel("SM clock (MHz)")
+            c.legend(loc="lower right", fontsize="small")
+        p.legend(loc="lower left", fontsize="small")
+        p.set_xlabel("seconds")
     return _save(fig, path)
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ._checks import LabError
 from .results import Record
+
+SCALING = "thread_scaling.json"  # beside the sweep's results.jsonl: ThreadScaling.load it for hardware_plan
 
 
 def cpu_cores() -> int:
@@ -78,7 +81,7 @@ class ThreadScaling(Record):
     def to_markdown(self, digits: int = 3) -> str:
         load = lambda v: "/".join(f"{x:.2f}" for x in v) or "?"  # noqa: E731
         return (f"**{self.model}** `{self.recipe or 'fp32'}` on {self.device}, {self.cores} cores; load average "
-                f"{load(self.load_before)} before, {load(self.load_after)} after; fastest: {self.best} threads\n\n"
+                f"{load(self.load_before)} before, {load(self.load_after)} after; fastest count: {self.best}\n\n"
                 + self.to_frame().round(digits).to_markdown())
 
     def _repr_markdown_(self) -> str:
@@ -120,7 +123,7 @@ def thread_sweep(model: str, cases, *, threads: Sequence[int] | None = None, rec
     """Measure ``recipe`` + ``threads-N`` for each N in ``threads`` (default 1 to the cores) on ``cases``.
 
     The fewest threads is the baseline of the underlying ``compare`` (``out`` holds its results.jsonl, so an
-    interrupted sweep resumes). Isolated workers (the default) set each run's inter-op threads before any
+    interrupted sweep resumes, and ``thread_scaling.json``, the returned ``ThreadScaling``). Isolated workers (the default) set each run's inter-op threads before any
     parallel work; in-process (``isolate=False``) only the intra-op count changes, as the records show.
     """
     from .experiments import compare
@@ -132,5 +135,7 @@ def thread_sweep(model: str, cases, *, threads: Sequence[int] | None = None, rec
     before = list(os.getloadavg())
     comparison = compare(model, [_recipe(recipe, n) for n in counts], cases, seeds=seeds, repeats=repeats,
                          warmup=warmup, out=out, dtype=dtype, device=device, progress=progress, isolate=isolate)
-    return ThreadScaling.from_comparison(comparison, recipe, counts, device, load_before=before,
-                                         load_after=list(os.getloadavg()))
+    scaling = ThreadScaling.from_comparison(comparison, recipe, counts, device, load_before=before,
+                                            load_after=list(os.getloadavg()))
+    scaling.save(Path(comparison.out) / SCALING)
+    return scaling

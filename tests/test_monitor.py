@@ -74,3 +74,14 @@ def test_monitor_samples_power_clock_and_throttle_reasons_from_nvml(monkeypatch)
     summary = monitor.summary()
     assert summary["peak_gpu_temp_c"] == 89 and summary["min_sm_clock_mhz"] == 1410
     assert type(third).from_json(third.to_json()) == third
+
+
+def test_resource_plot_shows_power_and_clock_when_sampled(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module("throttled"))
+    with ResourceMonitor(interval=0.005) as monitor:
+        deadline = time.perf_counter() + 30
+        while len(monitor.samples) < 3 and time.perf_counter() < deadline:
+            time.sleep(0.01)
+    fig = plots.plot_resources(monitor)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "power (W)" in labels and "SM clock (MHz)" in labels and "GPU memory (MB)" in labels

@@ -179,8 +179,17 @@ def test_compare_records_energy_and_the_report_shows_it(tmp_path, monkeypatch):
     quality = lab.evaluate(cmp)
     row = before_after(cmp, "steps-2", quality).loc["energy per image (J)"]
     assert list(row) == [pytest.approx(5.0), pytest.approx(5.0), "+0.0%"]
+    rows = lab.gpucheck.energy_rows("sd15", tmp_path)  # what gpu_check reports per ladder rung
+    assert [(r["recipe"], r["source"], r["j_per_image"]) for r in rows] == [("fp32", "rapl", 5.0),
+                                                                             ("steps-2", "rapl", 5.0)]
+    md = lab.gpucheck.GpuCheck(out=str(tmp_path), smoke=True, energy=rows).to_markdown()
+    assert "## Energy per image" in md and "| sd15     | steps-2" in md
     for r in cmp.records:  # as on this VM: no counter, so no figure and the reason instead
         r.energy = Energy.unreadable("no RAPL energy counter: /sys/class/powercap does not exist")
     row = before_after(cmp, "steps-2", quality).loc["energy per image (J)"]
     assert row.iloc[0] != row.iloc[0] and row.iloc[1] != row.iloc[1]  # NaN, not a number made up
     assert row["change"] == "not measured: no RAPL energy counter: /sys/class/powercap does not exist"
+    md = lab.gpucheck.GpuCheck(out=str(tmp_path), smoke=True, energy=[
+        {"ladder": "sd15", "recipe": "fp32", "source": None, "j_per_image": None, "mean_w": None,
+         "note": "no RAPL energy counter: /sys/class/powercap does not exist"}]).to_markdown()
+    assert "Not measured: no RAPL energy counter" in md

@@ -41,7 +41,7 @@ def test_a_run_uses_its_threads_and_gives_them_back(tmp_path):
         assert scaling.point(n).latency_s > 0 and scaling.point(n).status == "ok"
     assert scaling.point(1).speedup == 1.0 and scaling.best in counts and scaling.cores == cores
     assert len(scaling.load_before) == 3 and "fastest" in scaling.to_markdown()
-    assert ThreadScaling.from_json(scaling.to_json()) == scaling
+    assert ThreadScaling.load(tmp_path / "t" / "thread_scaling.json") == scaling
     # a threads-1 baseline (primed, then measured) leaves a recipe without threads-N the process's own count
     cmp = lab.compare("tiny", ["threads-1", "fp32"], [CASE], repeats=1, warmup=0, out=tmp_path / "c",
                       progress=False, isolate=False)
