@@ -27,7 +27,7 @@ from .timing import StageTimer, StageTimes
 MB = 1024 * 1024
 # the columns a notebook shows by default: one screen wide; to_frame() holds them all
 SUMMARY_COLUMNS = ("steps", "median_s", "iqr_s", "denoiser_step_ms", "peak_rss_mb", "peak_cuda_alloc_mb", "images_per_s",
-                   "error")
+                   "energy_j_per_image", "error")
 
 
 @dataclass

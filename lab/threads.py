@@ -63,6 +63,12 @@ class ThreadScaling(Record):
     out: str
     load_before: list[float] = field(default_factory=list)  # 1, 5, 15 min load averages when it started
     load_after: list[float] = field(default_factory=list)
+    dtype: str = "fp32"  # the dtype the pipeline loaded in
+
+    @property
+    def label(self) -> str:
+        """What each count ran: the dtype and the recipe on top of it."""
+        return f"{self.dtype}" + (f" + {self.recipe}" if self.recipe else "")
 
     @property
     def best(self) -> int | None:
@@ -80,7 +86,7 @@ class ThreadScaling(Record):
 
     def to_markdown(self, digits: int = 3) -> str:
         load = lambda v: "/".join(f"{x:.2f}" for x in v) or "?"  # noqa: E731
-        return (f"**{self.model}** `{self.recipe or 'fp32'}` on {self.device}, {self.cores} cores; load average "
+        return (f"**{self.model}** {self.label} on {self.device}, {self.cores} cores; load average "
                 f"{load(self.load_before)} before, {load(self.load_after)} after; fastest count: {self.best}\n\n"
                 + self.to_frame().round(digits).to_markdown())
 
@@ -136,6 +142,6 @@ def thread_sweep(model: str, cases, *, threads: Sequence[int] | None = None, rec
     comparison = compare(model, [_recipe(recipe, n) for n in counts], cases, seeds=seeds, repeats=repeats,
                          warmup=warmup, out=out, dtype=dtype, device=device, progress=progress, isolate=isolate)
     scaling = ThreadScaling.from_comparison(comparison, recipe, counts, device, load_before=before,
-                                            load_after=list(os.getloadavg()))
+                                            load_after=list(os.getloadavg()), dtype=dtype)
     scaling.save(Path(comparison.out) / SCALING)
     return scaling
