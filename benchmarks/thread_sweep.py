@@ -1,6 +1,7 @@
 """CPU thread scaling and energy: ``threads-1`` ... ``threads-<cores>`` on one model, each count in its own worker.
 
-Usage: python benchmarks/thread_sweep.py [--model tiny] [--size 64] [--steps 4] [--repeats 5] [--dtype fp32] [--out runs/threads]
+Usage: python benchmarks/thread_sweep.py [--model tiny] [--size 64] [--steps 4] [--repeats 5] [--dtype fp32]
+       [--recipe R] [--out runs/threads]
 Prints the latency per thread count with its spread, the speed-up and efficiency against one thread, the
 load average before and after (the cores are shared), and what lab.power could read for energy here.
 """
@@ -27,7 +28,8 @@ def main() -> None:
     size = args.size
     case = lab.Case("a red circle on the left", steps=args.steps, height=size, width=size, name="c")
     scaling = lab.thread_sweep(args.model, [case], recipe=args.recipe, repeats=args.repeats, warmup=1,
-                               dtype=args.dtype, out=os.path.join(args.out, f"{args.model}-{size}-{args.steps}"), progress=False)
+                               dtype=args.dtype, out=os.path.join(args.out, f"{args.model}-{size}-{args.steps}"),
+                               progress=False)
     print(f"{args.model} {args.dtype} {size}², {args.steps} steps, {args.repeats} repeats after 1 warm-up, "
           "one worker per count\n")
     print(scaling.to_markdown())

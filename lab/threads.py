@@ -129,8 +129,9 @@ def thread_sweep(model: str, cases, *, threads: Sequence[int] | None = None, rec
     """Measure ``recipe`` + ``threads-N`` for each N in ``threads`` (default 1 to the cores) on ``cases``.
 
     The fewest threads is the baseline of the underlying ``compare`` (``out`` holds its results.jsonl, so an
-    interrupted sweep resumes, and ``thread_scaling.json``, the returned ``ThreadScaling``). Isolated workers (the default) set each run's inter-op threads before any
-    parallel work; in-process (``isolate=False``) only the intra-op count changes, as the records show.
+    interrupted sweep resumes, and ``thread_scaling.json``, the returned ``ThreadScaling``). Isolated workers
+    (the default) set each run's inter-op threads before any parallel work; in-process (``isolate=False``) a
+    process sets them once at most, so later counts keep what was set first (``RunRecord.threads`` says).
     """
     from .experiments import compare
     from .recipes.threads import threads_of
