@@ -29,6 +29,7 @@ _CORE = {
     # compare and optimize
     "compare": "experiments", "Comparison": "experiments", "preset": "presets", "recommend": "presets",
     "search_mixed_precision": "mixed", "hardware_plan": "hardware",
+    "thread_sweep": "threads", "ThreadScaling": "threads", "Energy": "power",
     # verify
     "ssim": "quality", "psnr": "quality", "evaluate": "quality", "QualityThresholds": "quality",
     "adherence": "quality", "AdherenceReport": "quality", "report": "reporting",
@@ -37,7 +38,7 @@ _CORE = {
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "ladder", "lora", "mixed",
-            "plots", "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
+            "plots", "power", "presets", "recipes", "shapes", "takeaways", "threads", "training", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from .cases import negative_prompt, with_negative
     from .fallback import generate_with_fallback
     from .hardware import hardware_plan
+    from . import power, threads
+    from .power import Energy
+    from .threads import ThreadScaling, thread_sweep
     from .hires import hires_fix
     from .mixed import search_mixed_precision
     from .experiments import Comparison, compare

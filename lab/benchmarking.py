@@ -20,6 +20,7 @@ from .host import HostLoad, HostWatch
 from .memory import cuda_peaks, flush, peak_rss_bytes
 from .monitor import ResourceMonitor, ResourceSample
 from .paths import file_stem, inside
+from .power import Energy, EnergyMeter
 from .results import Record, save_image
 from .stats import Latency
 from .timing import StageTimer, StageTimes
@@ -27,7 +28,7 @@ from .timing import StageTimer, StageTimes
 MB = 1024 * 1024
 # the columns a notebook shows by default: one screen wide; to_frame() holds them all
 SUMMARY_COLUMNS = ("steps", "median_s", "iqr_s", "denoiser_step_ms", "peak_rss_mb", "peak_cuda_alloc_mb", "images_per_s",
-                   "error")
+                   "energy_j_per_image", "error")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class CaseResult(Record):
     peak_cuda_reserved_mb: float | None = None
     cpu_percent: float | None = None
     stages: StageSummary | None = None
+    energy: Energy | None = None  # of the measured calls (lab.power): NVML on CUDA, RAPL on a CPU, or why not
     latencies: list[float] = field(default_factory=list)
     runs: list[StageTimes] = field(default_factory=list)
     image: str | None = None
@@ -108,6 +110,8 @@ class CaseResult(Record):
             "peak_cuda_alloc_mb": self.peak_cuda_allocated_mb,
             "cpu_percent": self.cpu_percent,
             "host": self.host.label() if self.host else None,
+            "energy_j_per_image": self.energy.joules_per_image if self.energy else None,
+            "mean_watts": self.energy.mean_watts if self.energy else None,
             "error": self.error,
         }
 
@@ -175,7 +179,8 @@ class BenchmarkInterrupted(KeyboardInterrupt):
         self.result, self.signal = result, signal
 
 
-def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, repeats: int, tick) -> tuple:
+def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, repeats: int, tick,
+              meter: EnergyMeter) -> tuple:
     import torch
 
     kwargs = case.pipeline_kwargs()
@@ -184,6 +189,7 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
     rss_before = None
     gpu = _gpu_index(device)
     watches = []
+    meter.reset()
     for i in range(warmup + repeats):
         flush(device)
         if i == warmup:  # after the warm-up: its lasting growth (arenas, caches) varies by MBs run to run
@@ -191,8 +197,12 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
         watch = HostWatch(gpu)
         generator = torch.Generator("cpu").manual_seed(case.seed)
         cpu_before = proc.cpu_times()
+        if i >= warmup:
+            meter.start()
         with watch:
             output, times = timer.measure(pipe, generator=generator, **kwargs)
+        if i >= warmup:
+            meter.stop(len(output.images))
         cpu_after = proc.cpu_times()
         if i == 0:
             first_call = times.total
@@ -201,7 +211,7 @@ def _run_case(pipe, timer: StageTimer, case: Case, device: str, warmup: int, rep
             runs.append((times, peak_rss_bytes(), cuda_peaks(device), 100.0 * busy / times.total))
             watches.append(watch.load)
         tick()
-    return first_call, runs, output, rss_before, HostLoad.combine(watches)
+    return first_call, runs, output, rss_before, meter.result(), HostLoad.combine(watches)
 
 
 def _gpu_index(device: str) -> int | None:
@@ -210,7 +220,8 @@ def _gpu_index(device: str) -> int | None:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
-def _case_result(case: Case, first: float, runs: list, output, rss_before: int, host, image_dir) -> CaseResult:
+def _case_result(case: Case, first: float, runs: list, output, rss_before: int, energy: Energy, host,
+                 image_dir) -> CaseResult:
     times = [r[0] for r in runs]
     latency = Latency.from_values([t.total for t in times])
     image_path = None
@@ -230,6 +241,7 @@ def _case_result(case: Case, first: float, runs: list, output, rss_before: int, 
         peak_cuda_reserved_mb=max(reserved) / MB if reserved else None,
         cpu_percent=statistics.fmean(r[3] for r in runs),
         stages=StageSummary.from_runs(times),
+        energy=energy,
         latencies=[t.total for t in times],
         runs=times,
         image=image_path,
@@ -268,6 +280,7 @@ def benchmark(
         image_dir = writable_dir(image_dir)
     device = str(pipe.device)
     env = Environment.capture(device)
+    meter = EnergyMeter(device)
     results = []
     bar = tqdm(total=len(cases) * (warmup + repeats), desc="benchmark", unit="call", disable=not progress)
     if monitor is not None:
@@ -278,12 +291,12 @@ def benchmark(
             for case in cases:
                 bar.set_postfix_str(case.name)
                 try:
-                    first, runs, output, rss_before, host = _run_case(pipe, timer, case, device, warmup, repeats,
-                                                                      bar.update)
+                    first, runs, output, rss_before, energy, host = _run_case(pipe, timer, case, device, warmup,
+                                                                              repeats, bar.update, meter)
                 except Exception as err:  # one failing case never loses the others
                     results.append(CaseResult(case=case, error=f"{type(err).__name__}: {err}"))
                     continue
-                results.append(_case_result(case, first, runs, output, rss_before, host, image_dir))
+                results.append(_case_result(case, first, runs, output, rss_before, energy, host, image_dir))
     except KeyboardInterrupt as err:  # the finished cases are handed back with the interrupt
         stopped = err
     finally:

@@ -4,7 +4,8 @@ The rules are the bottleneck checklist of seed 002 §1 (time over budget, memory
 weights, CPU-bound host work, quality drop) plus what a profile shows: which stage and which op
 family dominates, first-call cost, utilisation against the device peak, text encoding repeated
 for the same prompt, host-device synchronisation inside the denoising loop, and on a GPU whether the
-host keeps it busy at all (launch-bound: kernels fill only part of each step).
+host keeps it busy at all (launch-bound: kernels fill only part of each step) and whether it ran
+throttled (seed 000's power bottleneck: SM clock below its maximum with NVML's thermal or power reason set).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SUGGESTIONS: dict[str, list[str]] = {
     "host-device-sync": ["compile-denoiser"],
     "launch-bound": ["compile-denoiser-reduce-overhead", "cache-prompt-embeds"],
     "peak-unreliable": [],
+    "gpu-throttling": [],  # no recipe: power limit, cooling or locked clocks, as the finding says
 }
 # On a GPU the same findings call for other recipes: CUDA graphs (compile mode reduce-overhead) remove the
 # per-kernel launch cost that dominates an eager fp16 UNet step (H100: 41 -> 9.2 ms per sd15 step).
@@ -75,6 +77,8 @@ class Thresholds(Record):
     text_encoder_share: float = 0.01
     syncs_per_step: float = 1.0
     device_busy_min: float = 0.6  # share of a denoising step's wall time the GPU spends in kernels
+    throttle_clock_ratio: float = 0.95  # SM clock below this share of its maximum, with a power/thermal reason set
+    throttle_share: float = 0.1  # share of the GPU samples throttled for the rule to fire
 
     renamed = {"unet_share": "denoiser_share"}
 
@@ -230,6 +234,49 @@ def _benchmark_rules(bench, th: Thresholds, ssim: float | None, out: list[Findin
                             f"{th.ssim_min}: the optimisation went too far", ssim=ssim))
 
 
+def _throttle_rule(bench, th: Thresholds, out: list[Finding], skipped: dict[str, str]) -> None:
+    """Thermal or power throttling: samples whose SM clock is below its maximum with such a reason set."""
+    from .power import POWER_REASONS, THERMAL_REASONS
+
+    samples = [s for s in bench.resources if s.sm_clock_mhz is not None and s.sm_clock_max_mhz
+               and s.throttle_reasons is not None]
+    if not samples:
+        skipped["gpu-throttling"] = ("no GPU clock samples (benchmark with a lab.ResourceMonitor on an NVIDIA GPU "
+                                     "with nvidia-ml-py)")
+        return
+    power, thermal = set(POWER_REASONS.values()), set(THERMAL_REASONS.values())
+    slow = [s for s in samples if s.sm_clock_mhz < th.throttle_clock_ratio * s.sm_clock_max_mhz
+            and set(s.throttle_reasons) & (power | thermal)]
+    share = len(slow) / len(samples)
+    if share < th.throttle_share:
+        return
+    reasons = sorted({r for s in slow for r in s.throttle_reasons if r in power | thermal})
+    kinds = [k for k, names in (("thermal", thermal), ("power", power)) if set(reasons) & names]
+    clocks = sorted(s.sm_clock_mhz for s in slow)
+    temps = [s.gpu_temp_c for s in slow if s.gpu_temp_c is not None]
+    watts = [s.gpu_power_w for s in slow if s.gpu_power_w is not None]
+    advice = []
+    if "thermal" in kinds:
+        advice.append("cooling: check airflow, fans and the room, let the GPU cool between runs, or lock the SM "
+                      "clock below the throttle point (`nvidia-smi -lgc`) so it stops oscillating (seed 000: adjust "
+                      "the frequency to the temperature)")
+    if "power" in kinds:
+        advice.append("power: compare the draw with the limit (`nvidia-smi -q -d POWER`); a lower precision (fp16, "
+                      "bf16, int8 weights) or a smaller batch draws less per image, and a locked lower clock gives "
+                      "steady figures")
+    evidence = {"throttled_share": share, "median_sm_clock_mhz": clocks[len(clocks) // 2],
+                "max_sm_clock_mhz": max(s.sm_clock_max_mhz for s in slow), "reasons": ",".join(reasons)}
+    if temps:
+        evidence["peak_temp_c"] = max(temps)
+    if watts:
+        evidence["mean_power_w"] = sum(watts) / len(watts)
+    out.append(_finding("gpu-throttling", "high",
+                        f"the GPU was {' and '.join(kinds)} throttled in {share:.0%} of the samples (SM clock "
+                        f"{evidence['median_sm_clock_mhz']:.0f} of {evidence['max_sm_clock_mhz']:.0f} MHz, "
+                        f"{evidence['reasons']}): its latencies are not the card's steady state. Fix the "
+                        + "; ".join(advice), **evidence))
+
+
 def _op_family(name: str) -> str:
     lowered = name.lower()
     for family, keys in OP_FAMILIES.items():
@@ -304,6 +351,7 @@ def diagnose(benchmark=None, *, profile=None, flops=None, ssim: float | None = N
     skipped: dict[str, str] = {}
     if benchmark is not None:
         _benchmark_rules(benchmark, th, ssim, findings, skipped)
+        _throttle_rule(benchmark, th, findings, skipped)
     elif ssim is not None and ssim < th.ssim_min:
         findings.append(_finding("quality-drop", "high", f"SSIM {ssim:.3f} is below {th.ssim_min}", ssim=ssim))
     if profile is not None:

@@ -26,6 +26,7 @@ from .cases import Case
 from .env import RecipeEnv
 from .fidelity import Fidelity
 from .host import HostLoad
+from .power import Energy
 from .memory import model_peak_mb
 from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
@@ -81,6 +82,8 @@ class RunRecord(Record):
     worker: dict | None = None  # the isolated worker that measured it: pid, host, device slot, cache dirs, seconds
     host: HostLoad | None = None  # what else the host did while it was measured (lab.host)
     recheck: bool = False  # the baseline measured again at the end of a sweep: a drift check, not a result
+    energy: Energy | None = None  # joules per image and mean watts of the measured calls (lab.power), or why not
+    threads: dict | None = None  # CPU threads in effect while measuring: {"intra_op": n, "inter_op": m}
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -193,6 +196,10 @@ class Comparison(Record):
                 if (verdict := self.verdict(recipe)) is not None:
                     row.update(speedup_low=verdict.low, speedup_high=verdict.high,
                                verdict="baseline" if recipe == self.baseline else verdict.verdict)
+                energy = [r.energy for r in ok if r.energy is not None and r.energy.readable]
+                if energy:
+                    row.update(energy_j_per_image=statistics.median(e.joules_per_image for e in energy),
+                               mean_watts=statistics.median(e.mean_watts for e in energy))
                 fidelity = [r.fidelity for r in ok if r.fidelity is not None]
                 if fidelity:  # the worst run: a recipe is as faithful as its least faithful image
                     row.update(fidelity_cos=min(f.cosine for f in fidelity),
@@ -249,6 +256,10 @@ class Comparison(Record):
             return ""
         return (f"the baseline `{self.baseline}` drifted during the sweep: re-measured at the end it ran "
                 f"{1 / v.speedup:.2f}× its first time (interval {1 / v.high:.2f}–{1 / v.low:.2f})")
+    def energy_notes(self) -> list[str]:
+        """Why successful runs have no energy figure (one line per distinct reason; empty when all have one)."""
+        return sorted({(r.energy.note if r.energy is not None else "recorded before lab measured energy") or ""
+                       for r in self.records if r.status == "ok" and (r.energy is None or not r.energy.readable)})
 
     def outlier_runs(self) -> list[RunRecord]:
         """Runs whose slowest repeat is an outlier (``Latency.has_outlier``), for the report to name."""
@@ -448,6 +459,7 @@ def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
 
     from .prepare import prepare
 
+    intra = torch.get_num_threads()  # a threads-N baseline primed here must not set the next runs' threads
     try:
         prepared = prepare(model, plan, device=device, dtype=dtype, cases=[case], env=env, strict=False)
         if prepared.pipe is not None:
@@ -457,6 +469,7 @@ def _prime(model: str, plan, case: Case, device: str, dtype: str, env) -> None:
         pass
     finally:
         prepared = None
+        torch.set_num_threads(intra)
         gc.collect()
 
 
@@ -600,7 +613,7 @@ def _open_run(out: Path, model: str, baseline: str, recipes: list[str], dtype: s
 
 # what a run record takes from a successful benchmark case
 _MEASURED = ("latency", "first_call_s", "peak_rss_mb", "rss_before_mb", "peak_cuda_allocated_mb", "cpu_percent",
-             "stages", "host")
+             "stages", "host", "energy")
 
 
 @dataclass

@@ -9,7 +9,8 @@ Targets (issue "GPU truth"): ``measure_peak`` within 10 % of an independent 8192
 steps: best rung without fewer steps ≥ 5× over fp32 eager and UNet ≥ 35 % of the fp16/bf16 peak; sdxl-arch
 1024², 30 steps: ≥ 7.5× and ≥ 55 %; flux-arch (FLUX.1-dev's transformer) 1024², 28 steps, guidance 3.5: best rung
 ≥ 3× over bf16 eager without fewer steps (flux-fast's published anchor on an H100: about 2.5× with bf16, compile,
-fused QKV, FA3, float8 and CUDA graphs), each compiled rung's first call recorded.
+fused QKV, FA3, float8 and CUDA graphs), each compiled rung's first call recorded. Every rung's energy per
+image and mean power come from NVML's total-energy counter (``energy``); the smoke says why a CPU has none.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class GpuCheck(Record):
     targets: list[Target] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    energy: list[dict] = field(default_factory=list)  # per ladder rung: J/image and W from NVML, or why not
 
     def to_markdown(self) -> str:
         import pandas as pd
@@ -64,6 +66,11 @@ class GpuCheck(Record):
             lines += ["", "## Diagnosis (eager)", "", self.diagnosis.get("markdown", "")]
         for name, ladder in self.ladders.items():
             lines += ["", f"## Ladder: {name}", "", ladder.get("markdown", "")]
+        if self.energy:
+            readable = [e for e in self.energy if e.get("j_per_image") is not None]
+            lines += ["", "## Energy per image (lab.power)", ""]
+            lines.append(pd.DataFrame(readable).round(3).to_markdown(index=False) if readable else
+                         "Not measured: " + "; ".join(sorted({e.get("note") or "" for e in self.energy})))
         lines += ["", "## Time per section (s)", "", "\n".join(f"- {k}: {v:.1f}" for k, v in self.seconds.items())]
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in self.errors.items()]
@@ -85,6 +92,21 @@ def independent_matmul_tflops(device: str, dtype: str, n: int = 8192, products: 
         torch.mm(a, b)
     synchronize(device)
     return 2 * n**3 * products / (time.perf_counter() - start) / 1e12
+
+
+def energy_rows(ladder: str, out) -> list[dict]:
+    """Energy per image and mean power of each rung's runs in a ladder's folder (NVML on a GPU), or why not."""
+    from .experiments import Comparison
+
+    rows = []
+    for r in Comparison.load(out).records:
+        if r.status != "ok":
+            continue
+        e = r.energy
+        rows.append({"ladder": ladder, "recipe": r.recipe, "source": e.source if e else None,
+                     "j_per_image": e.joules_per_image if e else None, "mean_w": e.mean_watts if e else None,
+                     "note": e.note if e else "no energy recorded"})
+    return rows
 
 
 def _best(ladder) -> tuple[float | None, float | None]:
@@ -174,6 +196,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
                             device=env.device, out=out / f"ladder-{name}", plan=plan, fewer_steps_rung=False,
                             progress=progress, peaks=measured, guidance=guidance)
         check.ladders[name] = {"markdown": result.to_markdown(), "json": str(out / f"ladder-{name}" / "ladder.json")}
+        check.energy += energy_rows(name, out / f"ladder-{name}")
         utilisations.extend(r.utilisation_pct for r in result.rungs if r.utilisation_pct is not None)
         if env.cuda:
             speedup, utilisation = _best(result)

@@ -40,13 +40,15 @@ class HardwarePlan(Record):
 
 
 def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None,
-                  max_autotune: bool = False, model: str | None = None) -> HardwarePlan:
+                  max_autotune: bool = False, model: str | None = None, thread_scaling=None) -> HardwarePlan:
     """Choose precision, compile mode/backend and component placement for this hardware.
 
     Args:
         model_gb: the pipeline's weight size, to decide whether everything fits on the GPU.
         max_autotune: on CUDA, compile with max-autotune instead of reduce-overhead (opt-in: minutes of tuning).
         model: fit the recipe to this model (``lab.recipes.fit_to_model``: bf16 for a transformer, ...).
+        thread_scaling: a measured ``lab.threads.ThreadScaling``: on a CPU the plan takes its fastest thread
+            count (``threads-N``) instead of one thread per core.
     """
     from .denoiser import model_kind
     from .recipes import fit_to_model
@@ -101,6 +103,14 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
                        "reduce-overhead (CUDA graphs) and max-autotune (Triton) do nothing on a CPU")
         parts = [precision, "sdpa", "channels-last", "compile-denoiser"]
         costs.append("compile-denoiser: a cold compile of sd15's UNet takes about 90 s on 2 CPU cores")
+        if thread_scaling is not None and thread_scaling.best is not None:
+            threads = thread_scaling.best
+            point = thread_scaling.point(threads)
+            fewest = next(p.threads for p in thread_scaling.points if p.latency_s is not None)
+            reasons[0] = (f"{threads} threads: the fastest count measured ({point.latency_s:.3f} s on "
+                          f"{thread_scaling.model} {thread_scaling.label}, {point.speedup:.2f}x over "
+                          f"{fewest}; {cores} cores here)")
+            parts.insert(0, f"threads-{threads}")
     if model is not None:
         parts, notes = fit_to_model(parts, model_kind(model))
         reasons += notes

@@ -1,4 +1,8 @@
-"""``ResourceMonitor``: CPU, memory and (via NVML) GPU samples from a background thread."""
+"""``ResourceMonitor``: CPU, memory and (via NVML) GPU samples from a background thread.
+
+On an NVIDIA GPU each sample also holds board power, temperature, the SM clock against its maximum and the
+clock-event (throttle) reasons NVML reports, so a throttled run can be told from a slow one (lab.diagnosis).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from .power import nvml_readings
 from .results import Record
 
 MB = 1024 * 1024
@@ -21,6 +26,11 @@ class ResourceSample(Record):
     system_memory_percent: float
     gpu_memory_mb: float | None = None
     gpu_util_percent: float | None = None
+    gpu_power_w: float | None = None
+    gpu_temp_c: float | None = None
+    sm_clock_mhz: float | None = None
+    sm_clock_max_mhz: float | None = None
+    throttle_reasons: list[str] | None = None  # NVML clock-event reasons set (lab.power.REASONS), [] when none
 
 
 def _nvml_handle(index: int):
@@ -40,7 +50,8 @@ class ResourceMonitor:
     """Sample this process's CPU %, RSS, system memory and GPU memory/utilisation every ``interval`` s.
 
     Use as a context manager (or ``start``/``stop``); ``frame()`` gives the series, ``lab.plots.
-    plot_resources(monitor)`` draws it. GPU columns need nvidia-ml-py and an NVIDIA driver.
+    plot_resources(monitor)`` draws it. GPU columns (memory, utilisation, power, temperature, SM clock and
+    throttle reasons) need nvidia-ml-py and an NVIDIA driver.
     """
 
     def __init__(self, interval: float = 0.1, gpu_index: int = 0):
@@ -55,11 +66,13 @@ class ResourceMonitor:
 
     def _sample(self, proc: psutil.Process, t0: float) -> ResourceSample:
         gpu_mem = gpu_util = None
+        gpu: dict = {}
         if self._nvml is not None:
             import pynvml
 
             gpu_mem = pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used / MB
             gpu_util = float(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
+            gpu = nvml_readings(pynvml, self._nvml)
         return ResourceSample(
             t=time.perf_counter() - t0,
             cpu_percent=proc.cpu_percent(interval=None),
@@ -67,6 +80,7 @@ class ResourceMonitor:
             system_memory_percent=psutil.virtual_memory().percent,
             gpu_memory_mb=gpu_mem,
             gpu_util_percent=gpu_util,
+            **gpu,
         )
 
     def _run(self) -> None:
@@ -107,7 +121,11 @@ class ResourceMonitor:
         """The samples as a DataFrame indexed by time (s)."""
         import pandas as pd
 
-        frame = pd.DataFrame([s.to_dict() for s in self.samples], columns=list(ResourceSample.__dataclass_fields__))
+        rows = [s.to_dict() for s in self.samples]
+        for row in rows:  # one cell per sample: the reasons as one comma-separated string
+            if row.get("throttle_reasons") is not None:
+                row["throttle_reasons"] = ",".join(row["throttle_reasons"])
+        frame = pd.DataFrame(rows, columns=list(ResourceSample.__dataclass_fields__))
         return frame.set_index("t").dropna(axis=1, how="all")
 
     def summary(self) -> dict[str, float]:
@@ -119,4 +137,8 @@ class ResourceMonitor:
         if "gpu_memory_mb" in frame:
             out["peak_gpu_memory_mb"] = float(frame["gpu_memory_mb"].max())
             out["mean_gpu_util_percent"] = float(frame["gpu_util_percent"].mean())
+        for column, key, how in (("gpu_power_w", "mean_gpu_power_w", "mean"), ("gpu_temp_c", "peak_gpu_temp_c", "max"),
+                                 ("sm_clock_mhz", "min_sm_clock_mhz", "min")):
+            if column in frame:
+                out[key] = float(getattr(frame[column], how)())
         return out

@@ -97,13 +97,16 @@ def plot_stages(result, *, path: str | os.PathLike | None = None):
 
 
 def plot_resources(monitor, *, path: str | os.PathLike | None = None):
-    """CPU % and RSS over time (GPU memory and utilisation too when sampled)."""
+    """CPU % and RSS over time (GPU memory and utilisation too when sampled, and board power and SM clock
+    against its maximum where NVML reads them)."""
     import numpy as np
 
     frame = monitor.frame() if hasattr(monitor, "frame") else monitor
     gpu = "gpu_memory_mb" in frame
-    fig, axes = _figure(figsize=(7, 5 if gpu else 3.5), nrows=2 if gpu else 1)
-    ax = axes[0][0] if gpu else axes
+    power = "gpu_power_w" in frame or "sm_clock_mhz" in frame
+    rows = 1 + gpu + power
+    fig, axes = _figure(figsize=(7, {1: 3.5, 2: 5.0}.get(rows, 7.0)), nrows=rows)
+    ax = axes[0][0] if rows > 1 else axes
     # 0.05 s samples of a 2-core machine jump between 0 and 200 %: a raw line is a solid band, so the
     # samples are drawn faint and a 0.5 s rolling mean on top
     window = max(1, round(0.5 / float(np.median(np.diff(frame.index))))) if len(frame) > 2 else 1
@@ -126,6 +129,20 @@ def plot_resources(monitor, *, path: str | os.PathLike | None = None):
         g2.plot(frame.index, frame["gpu_util_percent"], color="tab:green", label="GPU util %")
         g2.set_ylabel("GPU util %")
         g.set_xlabel("seconds")
+    if power:
+        p = axes[rows - 1][0]
+        if "gpu_power_w" in frame:
+            p.plot(frame.index, frame["gpu_power_w"], color="tab:red", label="board power W")
+        p.set_ylabel("power (W)")
+        if "sm_clock_mhz" in frame:
+            c = p.twinx()
+            c.plot(frame.index, frame["sm_clock_mhz"], color="tab:purple", label="SM clock MHz")
+            if "sm_clock_max_mhz" in frame:
+                c.plot(frame.index, frame["sm_clock_max_mhz"], color="tab:purple", ls="--", label="max clock")
+            c.set_ylabel("SM clock (MHz)")
+        lines = p.get_legend_handles_labels()[0] + (c.get_legend_handles_labels()[0] if "sm_clock_mhz" in frame else [])
+        p.legend(handles=lines, loc="upper left", bbox_to_anchor=(1.12, 1.0), fontsize="small")  # beside, not on
+        p.set_xlabel("seconds")
     return _save(fig, path)
 
 
@@ -523,4 +540,25 @@ def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("adherence (1 = matches the prompt)")
     ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
+    """Latency (median, IQR bars) against CPU threads, beside perfect scaling from the fewest threads."""
+    pts = [p for p in scaling.points if p.latency_s is not None]
+    fig, ax = _figure()
+    x = [p.threads for p in pts]
+    ax.errorbar(x, [p.latency_s for p in pts], yerr=[p.iqr_s / 2 for p in pts], marker="o", capsize=4,
+                color="tab:blue", label="measured (IQR)")
+    if pts:
+        ax.plot(x, [pts[0].latency_s * pts[0].threads / n for n in x], ls="--", color="grey",
+                label="perfect scaling")
+        best = min(pts, key=lambda p: p.latency_s)
+        ax.annotate(f"fastest: {best.threads}", (best.threads, best.latency_s), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize="small")
+    ax.set_xticks(x)
+    ax.set_xlabel("CPU threads (intra- and inter-op)")
+    ax.set_ylabel("seconds per call")
+    ax.set_title(f"Thread scaling: {scaling.model} ({scaling.cores} cores)")
+    ax.legend(fontsize="small")
     return _save(fig, path)

@@ -67,11 +67,25 @@ def before_after(comparison, recipe: str, quality: QualityReport):
         ("peak memory (MB)", b["peak_mem_mb"], a["peak_mem_mb"], f"{a['peak_mem_mb'] / b['peak_mem_mb'] - 1:+.1%}"),
         ("weights (MB)", b["weight_mb"], a["weight_mb"], f"{a['weight_mb'] / b['weight_mb'] - 1:+.1%}"),
         ("CPU % (100 = one core)", cpu(comparison.baseline), cpu(recipe), ""),
+        energy_row(frame, comparison, recipe),
         ("SSIM vs baseline (mean)", 1.0, q["mean_ssim"] if q is not None else 1.0, ""),
         ("PSNR vs baseline (min, dB)", float("inf"), q["min_psnr"] if q is not None else float("inf"), ""),
         ("runs with an outlier repeat", b.get("outliers", 0), a.get("outliers", 0), ""),
     ]
     return pd.DataFrame(rows, columns=["metric", comparison.baseline, recipe, "change"]).set_index("metric")
+
+
+def energy_row(frame, comparison, recipe: str) -> tuple:
+    """Energy per image (J), baseline and chosen, from NVML or RAPL; where unreadable the change column says why."""
+    def joules(name):
+        value = frame.loc[name].get("energy_j_per_image") if "energy_j_per_image" in frame else None
+        return float(value) if value is not None and value == value else float("nan")
+
+    b, a = joules(comparison.baseline), joules(recipe)
+    if b == b and a == a:
+        return ("energy per image (J)", b, a, f"{a / b - 1:+.1%}")
+    notes = comparison.energy_notes()
+    return ("energy per image (J)", b, a, "not measured: " + ("; ".join(notes) or "no energy recorded"))
 
 
 def recipe_yaml(text: str) -> str:

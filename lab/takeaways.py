@@ -36,6 +36,10 @@ def diagnose(bench, diagnosis=None) -> str:
     if shares.get("denoiser", 0) >= 0.5:
         lines.append("- The denoising loop dominates, so cheaper denoiser steps (precision, layout, compile) and "
                      "fewer steps with a better scheduler are the levers to measure first.")
+    if case.energy is not None:
+        e = case.energy
+        lines.append(f"- Energy: **{e.joules_per_image:.2f} J per image** at {e.mean_watts:.1f} W mean ({e.source}; "
+                     f"{e.note})." if e.readable else f"- Energy per image is not measured here: {e.note}.")
     if diagnosis is not None:
         for f in diagnosis.findings[:3]:
             fix = f" Try: {', '.join(f'`{s}`' for s in f.suggest)}." if f.suggest else ""

@@ -132,6 +132,10 @@ def test_gpu_check_smoke(tmp_path):
     assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
     assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")
+    # energy per image of every rung: from RAPL where this CPU exposes it, else no figure and the reason
+    assert {e["ladder"] for e in check.energy} == {"sd15", "sdxl", "flux"}
+    assert all((e["j_per_image"] is None) == (e["source"] is None) and (e["source"] or e["note"]) for e in check.energy)
+    assert "## Energy per image" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_gpu_check_needs_a_gpu_unless_smoke(tmp_path):

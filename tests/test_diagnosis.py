@@ -9,6 +9,8 @@ from lab.flops import FlopsReport, Peak, StageFlops
 from lab.profiling import OpRecord, ProfileResult, StageSpan
 from lab.stats import Latency
 
+from . import fake_nvml
+
 RULES = set(SUGGESTIONS)
 
 
@@ -133,6 +135,35 @@ def test_needs_some_input():
 
 
 def test_every_rule_but_the_warm_up_one_suggests_recipes():
-    assert sorted(r for r in RULES if not SUGGESTIONS[r]) == ["first-call-gap", "peak-unreliable"]
+    assert sorted(r for r in RULES if not SUGGESTIONS[r]) == ["first-call-gap", "gpu-throttling", "peak-unreliable"]
     assert all(name in lab.recipes.names() for names in SUGGESTIONS_CUDA.values() for name in names)
     assert dataclasses.fields(Thresholds)
+
+
+def _nvml_samples(run):
+    """ResourceSamples as the monitor takes them, from the recorded NVML replies of ``run``."""
+    from lab.monitor import ResourceSample
+    from lab.power import nvml_readings
+
+    nvml = fake_nvml.module(run)
+    out = []
+    for i in range(len(fake_nvml.load()["runs"][run])):
+        used = nvml.nvmlDeviceGetMemoryInfo("gpu0").used / 2**20
+        out.append(ResourceSample(t=0.1 * i, cpu_percent=100.0, rss_mb=900.0, system_memory_percent=30.0,
+                                  gpu_memory_mb=used, gpu_util_percent=99.0, **nvml_readings(nvml, "gpu0")))
+    return out
+
+
+def test_throttling_rule_fires_on_throttled_samples_only():
+    bench = _bench(device="cuda", cuda_peak=150.0, cpu=30.0)
+    bench.resources = _nvml_samples("throttled")
+    d = diagnose(bench)
+    finding = next(f for f in d.findings if f.rule == "gpu-throttling")
+    assert finding.severity == "high" and finding.evidence["throttled_share"] == pytest.approx(4 / 5)
+    assert finding.evidence["peak_temp_c"] == 89 and finding.evidence["max_sm_clock_mhz"] == 1980
+    assert set(finding.evidence["reasons"].split(",")) == {"sw_power_cap", "sw_thermal", "hw_thermal"}
+    assert "thermal and power throttled" in finding.message and "nvidia-smi -lgc" in finding.message
+    bench.resources = _nvml_samples("steady")  # an idle sample at 345 MHz (reason gpu_idle) is no throttling
+    d = diagnose(bench)
+    assert "gpu-throttling" not in d.rules and "gpu-throttling" not in d.skipped
+    assert "gpu-throttling" in diagnose(_bench()).skipped  # a CPU run has no clock samples

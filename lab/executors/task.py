@@ -98,7 +98,18 @@ def measure(task: Task) -> Outcome:
 
 def measure_each(task: Task) -> Iterator[Outcome]:
     """``measure`` one run at a time: an outcome per (case, seed) as it finishes, so in-process sweeps append
-    each run at once (a crash mid-recipe loses nothing finished)."""
+    each run at once (a crash mid-recipe loses nothing finished). A ``threads-N`` recipe's intra-op count is
+    put back afterwards, so in-process the next task runs with the process's own."""
+    import torch
+
+    intra = torch.get_num_threads()
+    try:
+        yield from _measure_each(task)
+    finally:
+        torch.set_num_threads(intra)
+
+
+def _measure_each(task: Task) -> Iterator[Outcome]:
     from ..env import RecipeEnv
     from ..models import ModelUnavailableError
     from ..prepare import prepare
@@ -147,6 +158,9 @@ def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecor
     record.status, record.error = "ok", None
     for name_ in _MEASURED:
         setattr(record, name_, getattr(c, name_))
+    import torch
+
+    record.threads = {"intra_op": result.env.torch_threads, "inter_op": torch.get_num_interop_threads()}
     record.weight_bytes = weight_bytes(pipe)
     measured = Measured(record, image_png=base64.b64encode(Path(c.image).read_bytes()).decode("ascii"))
     if why := comparable(plan, parse(task.baseline)):

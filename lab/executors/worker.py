@@ -24,6 +24,12 @@ def main(argv: list[str]) -> int:
     task_path, outcome_path = argv
     with open(task_path, encoding="utf-8") as f:
         task = Task.from_json(f.read())
+    from ..recipes.threads import set_threads, threads_of
+    from ..threads import cpu_cores
+
+    # inter-op threads can be set only before any parallel work; a count over the cores is refused later, by check
+    if (n := threads_of(task.recipe)) is not None and n <= cpu_cores():
+        set_threads(n)
     outcome = measure(task)
     outcome.worker.update(pid=os.getpid(), host=socket.gethostname(),
                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),

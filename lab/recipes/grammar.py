@@ -11,13 +11,13 @@ from typing import Any
 from .._checks import LabError
 from ..denoiser import ModelKind
 from ..env import RecipeEnv
-from . import attention, compile, layout, memory, precision, quantization, schedulers
+from . import attention, compile, layout, memory, precision, quantization, schedulers, threads
 from .base import Recipe
 
 # One module per family: each holds its recipes and the combinations it cannot take part in.
-FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory)
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, threads)
 ORDER = {"precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40, "scheduler": 50,
-         "steps": 55, "caching": 58, "memory": 60, "compile": 70}
+         "steps": 55, "caching": 58, "memory": 60, "compile": 70, "threads": 5}
 INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
 
 
@@ -32,7 +32,10 @@ def get(name: str) -> Recipe:
         return _catalog()[name]
     if (recipe := schedulers.parametric(name)) is not None:
         return recipe
-    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC), n=4, cutoff=0.6)
+    if (recipe := threads.parametric(name)) is not None:
+        return recipe
+    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC) + list(threads.PARAMETRIC),
+                                      n=4, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise LabError(f"unknown recipe {name!r}.{hint} See lab.recipes.catalog() for all {len(_catalog())} names.")
 
@@ -128,6 +131,8 @@ def catalog(env: RecipeEnv | None = None):
             for r in _catalog().values()]
     rows += [{"name": name, "family": "steps", "description": text, "needs": ""}
              for name, text in schedulers.PARAMETRIC.items()]
+    rows += [{"name": name, "family": "threads", "description": text, "needs": "CPU cores"}
+             for name, text in threads.PARAMETRIC.items()]
     if env is not None:
         for row in rows:
             recipe = _catalog().get(row["name"])
