@@ -222,5 +222,7 @@ def test_diagnose_takeaway_names_the_measured_shares(tiny_pipe):
     text = takeaways.diagnose(bench, lab.diagnose(bench))
     shares = bench.cases[0].stages.shares()
     top = max(shares, key=shares.get)
-    assert text.startswith(f"- **{top}** takes the largest share") and f"{shares[top]:.0%}" in text
+    # on a busy host a line naming the contention comes first
+    assert f"- **{top}** takes the largest share" in text and f"{shares[top]:.0%}" in text
+    assert text.startswith("- **Measured under contention**") == bool(bench.busy)
     assert f"{bench.cases[0].latency.median:.3f} s (median of 1; the denoiser" in text and "over 2 steps" in text
