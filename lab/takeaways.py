@@ -30,8 +30,8 @@ def diagnose(bench, diagnosis=None) -> str:
     lines.append(f"- **{top}** takes the largest share of one image here: "
                  + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
                  + f" of {case.latency.median:.3f} s (median of {case.latency.n}; the denoiser "
-                 f"{st.denoiser:.3f} s over {len(st.steps) or case.case.steps} steps (median step "
-                 f"{st.denoiser_per_step * 1e3:.1f} ms), text encoder {st.text_encoder:.3f} s, VAE decode "
+                 f"{st.denoiser:.3f} s over {_calls(len(st.steps) or case.case.steps, case.case.steps)} (median "
+                 f"{st.denoiser_per_step * 1e3:.1f} ms each), text encoder {st.text_encoder:.3f} s, VAE decode "
                  f"{st.vae_decode:.3f} s, other {st.other:.3f} s).")
     if shares.get("denoiser", 0) >= 0.5:
         lines.append("- The denoising loop dominates, so cheaper denoiser steps (precision, layout, compile) and "
@@ -58,6 +58,11 @@ def contention(comparison) -> str:
     return (f"- **Measured under contention** ({busy}): no speed-up here can be believed, so none is stated. "
             f"Seen (not a result): median latency {seen}. Rerun on a quiet host (`lab.host.watch()` says when it "
             "is), with more repeats.")
+
+
+def _calls(calls: int, steps: int) -> str:
+    """"3 denoiser calls for 2 steps" where the scheduler evaluates the denoiser more often than once a step."""
+    return f"{calls} steps" if calls == steps else f"{calls} denoiser calls for {steps} steps"
 
 
 def _said(verdict) -> str:

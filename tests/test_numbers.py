@@ -225,4 +225,4 @@ def test_diagnose_takeaway_names_the_measured_shares(tiny_pipe):
     # on a busy host a line naming the contention comes first
     assert f"- **{top}** takes the largest share" in text and f"{shares[top]:.0%}" in text
     assert text.startswith("- **Measured under contention**") == bool(bench.busy)
-    assert f"{bench.cases[0].latency.median:.3f} s (median of 1; the denoiser" in text and "over 2 steps" in text
+    assert f"{bench.cases[0].latency.median:.3f} s (median of 1; the denoiser" in text and "over 3 denoiser calls for 2 steps" in text  # PNDM
