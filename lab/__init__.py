@@ -38,6 +38,7 @@ _CORE = {
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots",
             "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
+_MODULES += ("hotswap", "loadtime")  # issue 19: LoRA hotswap on a compiled denoiser, load-time quantization
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from .schedulers import scheduler_names, set_scheduler
     from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets,
                    recipes, shapes, takeaways, training, widgets, workflows)
+    from . import hotswap, loadtime
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative

@@ -66,6 +66,7 @@ def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto
             return _refused(prepared, {r.name: why for r in plan.recipes if r.load_fn}, model, strict)
         load = plan.load_options(model_folder(model), torch_dtype(dtype))
     pipe = load_model(model, dtype=dtype, device=env.device, scheduler=scheduler, load=load)
+    pipe.lab_loaded_with = frozenset(r.name for r in plan.recipes if r.load_fn)
     if kind is None and (refused := _refusal(plan, env, kind_of(pipe), model, prepared, strict)):
         return refused
     start = time.perf_counter()

@@ -8,6 +8,7 @@ nothing is applied after the load. They need weights on disk (``lab.loadtime.loa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,18 @@ def _gguf(qtype: str):
     return load
 
 
+def _loaded_with(name: str):
+    """A load-time recipe's ``apply``: it acted while loading, so it only checks that the pipeline was loaded so."""
+    def apply(pipe, cases):
+        from .._checks import LabError
+
+        if name not in getattr(pipe, "lab_loaded_with", ()):
+            raise LabError(f"{name} quantizes while the pipeline loads; load with it (lab.prepare(model, "
+                           f"{name!r}) or lab.load_pipeline(model, recipe={name!r})) instead of applying it after")
+
+    return apply
+
+
 _GGUF_FIT = "GGUF checkpoints load into a transformer (from_single_file); lab exports only a transformer"
 
 
@@ -88,7 +101,7 @@ def recipes() -> list[Recipe]:
                           slots=("quant:denoiser",), load_fn=_gguf(qtype),
                           check_fn=needs_package("gguf", "pip install gguf"),
                           fit_fn=needs_denoiser("transformer", _GGUF_FIT)))
-    return out
+    return [replace(r, apply_fn=_loaded_with(r.name)) for r in out]
 
 
 INCOMPATIBLE: dict[frozenset[str], str] = {}
