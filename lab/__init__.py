@@ -37,8 +37,9 @@ _CORE = {
     "ResultCache": "cache", "CacheKey": "cache", "AdaptivePolicy": "adaptive", "adapt": "adaptive",
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
-_MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "ladder", "lora", "mixed",
-            "plots", "power", "presets", "recipes", "shapes", "takeaways", "threads", "training", "widgets", "workflows")
+_MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "hotswap", "ladder",
+            "loadtime", "lora", "mixed", "plots", "power", "presets", "recipes", "shapes", "takeaways", "threads",
+            "training", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -51,14 +52,13 @@ if TYPE_CHECKING:
     from .models import ModelUnavailableError, default_size, embedded_models, parameter_counts, weight_bytes
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
-    from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, host, ladder, lora, mixed, plots,
-                   presets, recipes, shapes, takeaways, training, widgets, workflows)
+    from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, host, hotswap, ladder, loadtime, lora,
+                   mixed, plots, power, presets, recipes, shapes, takeaways, threads, training, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative
     from .fallback import generate_with_fallback
     from .hardware import hardware_plan
-    from . import power, threads
     from .power import Energy
     from .threads import ThreadScaling, thread_sweep
     from .hires import hires_fix

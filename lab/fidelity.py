@@ -36,7 +36,9 @@ def first_step_update(pipe, case: Case):
         pipe_._interrupt = True  # diffusers skips the remaining steps; the call returns the latents
         return callback_kwargs
 
-    dtype = next(denoiser(pipe).parameters()).dtype
+    # the dtype the denoiser computes in: float8-stored (layerwise casting) and GGUF-packed (uint8) weights are not it
+    computing = (torch.float32, torch.float16, torch.bfloat16)
+    dtype = next((p.dtype for p in denoiser(pipe).parameters() if p.dtype in computing), torch.float32)
     with torch.no_grad():
         pipe(latents=initial.to(pipe.device, dtype), generator=generator, output_type="latent",
              callback_on_step_end=after_first_step, **case.pipeline_kwargs())

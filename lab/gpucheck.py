@@ -50,6 +50,7 @@ class GpuCheck(Record):
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     energy: list[dict] = field(default_factory=list)  # per ladder rung: J/image and W from NVML, or why not
+    options: dict[str, dict] = field(default_factory=dict)  # issue 19's diffusers options (group offload, ...)
 
     def to_markdown(self) -> str:
         import pandas as pd
@@ -71,6 +72,8 @@ class GpuCheck(Record):
             lines += ["", "## Energy per image (lab.power)", ""]
             lines.append(pd.DataFrame(readable).round(3).to_markdown(index=False) if readable else
                          "Not measured: " + "; ".join(sorted({e.get("note") or "" for e in self.energy})))
+        for name, table in self.options.items():
+            lines += ["", f"## {name}", "", table.get("markdown", "")]
         lines += ["", "## Time per section (s)", "", "\n".join(f"- {k}: {v:.1f}" for k, v in self.seconds.items())]
         if self.errors:
             lines += ["", "## Errors", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in self.errors.items()]
@@ -121,6 +124,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
     from ._checks import writable_dir
     from .env import Environment, RecipeEnv
     from .flops import measure_peak, peak_dtypes
+    from .experiments import compare as lab_compare
     from .ladder import CASE, run_ladder
     from .workflows import diagnose_run
 
@@ -222,6 +226,20 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
         flux_plan.append(("+ float8 (torchao)", f"bf16+sdpa+fused-qkv+torchao-fp8dq+{graphs}"))
     if smoke:  # no compile on CI's CPU: the compile recipes have their own tests
         sd15_plan, sdxl_plan, flux_plan = sd15_plan[:3], sdxl_plan[:2], flux_plan[:2]
+    # issue 19: float8 storage (diffusers layerwise casting) with the fastest attention backend this machine runs
+    best_attention = recipes.attention.best_backend(env)
+    flux_plan.append((f"bf16 + float8 layerwise + {best_attention}", f"bf16+{best_attention}+layerwise-fp8-denoiser"))
+
+    def group_offload() -> None:
+        model, size = ("tiny-sdxl", 64) if smoke else ("sdxl-arch", 1024)
+        case = CASE.with_overrides(steps=2 if smoke else 4, height=size, width=size)
+        names = ["bf16+sdpa", *(f"bf16+sdpa+{r}" for r in recipes.memory.GROUP_OFFLOAD)]
+        cmp = lab_compare(model, names, case, repeats=1, warmup=1, out=out / "group-offload", device=env.device,
+                          progress=progress)
+        frame = cmp.to_frame()
+        columns = [c for c in ("status", "latency_s", "peak_mem_mb", "weight_mb", "ssim", "reason") if c in frame]
+        check.options[f"Group offload: {model} {size}², {case.steps} steps (peak memory)"] = {
+            "markdown": frame[columns].round(3).to_markdown(), "json": str(out / "group-offload")}
     section("peaks", peaks)
     section("diagnose", diagnosis)
     section("ladder sd15-arch", lambda: ladder("sd15", "tiny" if smoke else "sd15-arch", 64 if smoke else 512,
@@ -233,6 +251,7 @@ def run_gpu_check(out: str | os.PathLike, *, smoke: bool = False, device: str = 
     section("ladder flux-arch", lambda: ladder("flux", "tiny-flux" if smoke else "flux-arch", 64 if smoke else 1024,
                                                 "flux-arch best rung (x bf16 eager)", None, flux_plan,
                                                 steps=28, guidance=3.5, repeats=2))
+    section("group offload sdxl-arch", group_offload)
     targets["highest utilisation reported anywhere (%)"].judge(max(utilisations, default=None),
                                                                higher_is_better=False)
     save()

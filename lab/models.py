@@ -181,7 +181,8 @@ def _tokenizer_of(component: str) -> str:
     return component.replace("text_encoder", "tokenizer")
 
 
-def build_embedded(name: str, *, empty: bool = False, dtype=None, drop: tuple[str, ...] = ()):
+def build_embedded(name: str, *, empty: bool = False, dtype=None, drop: tuple[str, ...] = (),
+                   load: dict[str, Any] | None = None):
     """Build embedded pipeline ``name`` on CPU: trained weights from ``data/``, or deterministically
     initialised random weights (built in fp32, each component cast to ``dtype`` before the next is built).
 
@@ -189,6 +190,7 @@ def build_embedded(name: str, *, empty: bool = False, dtype=None, drop: tuple[st
         empty: build on the meta device (no memory, no init) to inspect shapes and counts.
         dtype: a torch dtype for the weights; None keeps fp32.
         drop: optional components (``EmbeddedModel.droppable``) to leave out, with their tokenizers.
+        load: ``from_pretrained`` options of load-time recipes (trained models only: they load from disk).
     """
     import torch
 
@@ -196,8 +198,10 @@ def build_embedded(name: str, *, empty: bool = False, dtype=None, drop: tuple[st
     unknown = set(drop) - set(spec.droppable)
     if unknown:
         raise LabError(f"{name!r} cannot drop {sorted(unknown)}; droppable: {list(spec.droppable) or 'none'}")
+    if load and not spec.trained:
+        raise LabError(f"{name!r} is built from configs: load-time options {sorted(load)} need weights on disk")
     if spec.trained and not empty:
-        pipe = _load_trained(spec)
+        pipe = _load_trained(spec, load or {})
         if dtype is not None and dtype != torch.float32:
             with quiet_diffusers():
                 pipe.to(dtype=dtype)
@@ -234,7 +238,7 @@ def _set_default_size(pipe):
     return pipe
 
 
-def _load_trained(spec: EmbeddedModel):
+def _load_trained(spec: EmbeddedModel, load: dict[str, Any]):
     import diffusers
     import transformers
 
@@ -253,7 +257,8 @@ def _load_trained(spec: EmbeddedModel):
     transformers.utils.logging.set_verbosity_error()
     try:
         with quiet_diffusers():
-            return _set_default_size(_pipeline_class(spec).from_pretrained(spec.folder, local_files_only=True))
+            return _set_default_size(_pipeline_class(spec).from_pretrained(spec.folder, local_files_only=True,
+                                                                           **load))
     finally:
         transformers.utils.logging.set_verbosity(level)
         for lib, enabled in zip(libs, bars):
@@ -460,14 +465,14 @@ def check_model(model: object) -> str:
     return model
 
 
-def _from_pretrained(model: str, dtype):
+def _from_pretrained(model: str, dtype, load: dict[str, Any] | None = None):
     """A local diffusers folder or a hub id, already vetted by ``check_model``."""
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
     if path.is_dir():
         try:
-            return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+            return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **(load or {}))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise ModelUnavailableError(f"cannot load the diffusers folder {str(path)!r}: {first}") from None
@@ -491,8 +496,10 @@ def _check_scheduler_fits(model: str, scheduler: str) -> None:
         raise LabError(f"scheduler {scheduler!r} cannot drive {model!r}: {why}")
 
 
-def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None):
-    """Load a diffusers pipeline with no recipe applied (arguments as ``lab.load_pipeline``, which adds recipes)."""
+def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto", scheduler: str | None = None,
+               load: dict[str, Any] | None = None):
+    """Load a diffusers pipeline with no recipe applied (arguments as ``lab.load_pipeline``, which adds recipes);
+    ``load``: what load-time recipes pass to ``from_pretrained`` (``Plan.load_options``)."""
     from .schedulers import SCHEDULERS
     from ._checks import choose
 
@@ -507,11 +514,11 @@ def load_model(model: str = "tiny", *, dtype: str = "fp32", device: str = "auto"
         if drop:
             print(f"note: {model}: {', '.join(drop)} dropped (the whole model does not fit the memory free "
                   f"here; the pipeline runs without it, as it allows)", file=sys.stderr)
-        pipe = build_embedded(model, dtype=torch_dt, drop=drop)
+        pipe = build_embedded(model, dtype=torch_dt, drop=drop, load=load)
         pipe.lab_dropped = drop
         _cast(pipe, device, torch_dt)
     else:
-        pipe = _from_pretrained(model, torch_dt)
+        pipe = _from_pretrained(model, torch_dt, load)
         pipe.to(device)
     if scheduler is not None:
         set_scheduler(pipe, scheduler)

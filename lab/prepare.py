@@ -58,7 +58,15 @@ def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto
     kind = model_kind(model)  # None for a hub id: its fit is checked once it has loaded
     if refused := _refusal(plan, env, kind, model, prepared, strict):
         return refused
-    pipe = load_model(model, dtype=dtype, device=env.device, scheduler=scheduler)
+    load = None
+    if any(r.load_fn for r in plan.recipes):  # load-time recipes: the loader takes them, from weights on disk
+        from .loadtime import load_refusal, model_folder
+
+        if why := load_refusal(model):
+            return _refused(prepared, {r.name: why for r in plan.recipes if r.load_fn}, model, strict)
+        load = plan.load_options(model_folder(model), torch_dtype(dtype))
+    pipe = load_model(model, dtype=dtype, device=env.device, scheduler=scheduler, load=load)
+    pipe.lab_loaded_with = frozenset(r.name for r in plan.recipes if r.load_fn)
     if kind is None and (refused := _refusal(plan, env, kind_of(pipe), model, prepared, strict)):
         return refused
     start = time.perf_counter()
@@ -71,8 +79,11 @@ def prepare(model: str, recipe: str | Plan | None = None, *, device: str = "auto
 def _refusal(plan: Plan, env: RecipeEnv, kind, model: str, prepared: Prepared, strict: bool) -> Prepared | None:
     """``prepared`` marked skipped (or a LabError when strict) if the plan cannot run here or on this model."""
     reasons = {**plan.check(env), **(plan.fits(kind) if kind is not None else {})}
-    if not reasons:
-        return None
+    return _refused(prepared, reasons, model, strict) if reasons else None
+
+
+def _refused(prepared: Prepared, reasons: dict[str, str], model: str, strict: bool) -> Prepared:
+    plan = prepared.plan
     prepared.skipped = "; ".join(f"{k}: {v}" for k, v in reasons.items())
     if strict:
         raise LabError(f"recipe {plan.text!r} cannot apply to {model!r} here: {prepared.skipped}")

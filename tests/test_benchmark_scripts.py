@@ -116,7 +116,11 @@ def test_gpu_check_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     check = lab.gpucheck.GpuCheck.load(tmp_path / "gpu_check.json")
     assert check.smoke and not check.errors, check.errors
-    assert set(check.seconds) == {"peaks", "diagnose", "ladder sd15-arch", "ladder sdxl-arch", "ladder flux-arch"}
+    assert set(check.seconds) == {"peaks", "diagnose", "ladder sd15-arch", "ladder sdxl-arch", "ladder flux-arch",
+                                  "group offload sdxl-arch"}
+    # issue 19: group offload refused on a CPU with the reason; the float8 layerwise rung with the best backend ran
+    offload = next(v for k, v in check.options.items() if k.startswith("Group offload"))
+    assert offload["markdown"].count("nothing to offload") == 3
     assert {p["dtype"] for p in check.peaks} == {"fp32", "fp16", "bf16"}
     assert all(p["measure_peak"] > 0 for p in check.peaks)
     targets = {t.name: t for t in check.targets}
@@ -129,6 +133,7 @@ def test_gpu_check_smoke(tmp_path):
     flux = lab.ladder.LadderResult.load(check.ladders["flux"]["json"])  # the transformer path, on tiny-flux
     assert flux.model == "tiny-flux" and flux.baseline == "bf16+sdpa" and flux.rungs[0].speedup == 1.0
     assert all(r.status == "ok" and r.denoiser_ms_per_step > 0 for r in flux.rungs) and flux.batch == 1
+    assert flux.rungs[-1].recipe == "bf16+attn-native+layerwise-fp8-denoiser"
     assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
     assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")

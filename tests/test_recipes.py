@@ -46,6 +46,12 @@ def test_every_recipe_applies_to_tiny_or_says_why_not(name):
     if reason:
         assert isinstance(reason, str) and len(reason) > 15
         return
+    if recipe.load_fn is not None:  # load-time: loaded with it (tests/test_diffusers_options.py), never after
+        pipe = lab.load_pipeline("tiny", device="cpu", recipe=name)
+        with pytest.raises(lab.LabError, match="while the pipeline loads"):
+            recipe.apply(lab.load_pipeline("tiny", device="cpu"))
+        assert generate(pipe, steps=2).shape == (64, 64, 3)
+        return
     pipe = lab.load_pipeline("tiny", device="cpu")
     cases = [lab.Case("a red circle", steps=2)]
     recipe.apply(pipe, cases)

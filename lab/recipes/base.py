@@ -16,6 +16,8 @@ COMPONENTS = {"text": "text_encoder", "denoiser": "denoiser", "unet": "unet", "v
 PARTS = ("text_encoder", "denoiser", "vae")
 Check = Callable[[RecipeEnv], "str | None"]
 Fit = Callable[[ModelKind], "str | None"]
+# (the pipeline folder, the load dtype) -> what the loader takes: ``quant_mapping`` entries, whole ``components``
+Load = Callable[..., "dict[str, Any]"]
 
 
 def slot_component(component: str) -> str:
@@ -47,6 +49,7 @@ class Recipe:
     apply_fn: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     check_fn: Check | None = field(default=None, repr=False, compare=False)
     fit_fn: Fit | None = field(default=None, repr=False, compare=False)
+    load_fn: Load | None = field(default=None, repr=False, compare=False)  # applied while loading (load-time)
 
     def check(self, env: RecipeEnv) -> str | None:
         return self.check_fn(env) if self.check_fn else None

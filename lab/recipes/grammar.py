@@ -11,13 +11,14 @@ from typing import Any
 from .._checks import LabError
 from ..denoiser import ModelKind
 from ..env import RecipeEnv
-from . import attention, compile, layout, memory, precision, quantization, schedulers, threads
+from . import attention, compile, layout, loading, memory, precision, quantization, schedulers, threads
 from .base import Recipe
 
 # One module per family: each holds its recipes and the combinations it cannot take part in.
-FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, threads)
-ORDER = {"precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40, "scheduler": 50,
-         "steps": 55, "caching": 58, "memory": 60, "compile": 70, "threads": 5}
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, loading, threads)
+# load-time recipes act while the pipeline loads, before anything else; threads are set before any work
+ORDER = {"loading": 1, "threads": 5, "precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40,
+         "scheduler": 50, "steps": 55, "caching": 58, "memory": 60, "compile": 70}
 INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
 
 
@@ -64,6 +65,20 @@ class Plan:
         for recipe in self.recipes:
             recipe.apply(pipe, cases)
         return pipe
+
+    def load_options(self, folder, dtype) -> dict[str, Any] | None:
+        """What the load-time recipes pass to ``from_pretrained`` (``quantization_config``, components); None
+        when the plan has none."""
+        parts = [r.load_fn(folder, dtype) for r in self.recipes if r.load_fn is not None]
+        if not parts:
+            return None
+        from ..loadtime import pipeline_quantization
+
+        mapping = {k: v for p in parts for k, v in p.get("quant_mapping", {}).items()}
+        options: dict[str, Any] = {k: v for p in parts for k, v in p.get("components", {}).items()}
+        if mapping:
+            options["quantization_config"] = pipeline_quantization(mapping)
+        return options
 
     def case_overrides(self) -> dict[str, Any]:
         return {k: v for r in self.recipes for k, v in r.case_overrides}

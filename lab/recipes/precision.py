@@ -13,7 +13,8 @@ def _cast_inputs(module, args, kwargs):
     """Forward pre-hook: floating-point tensor inputs follow the module's dtype (mixed-precision plans)."""
     import torch
 
-    dtype = next(module.parameters()).dtype
+    # a layerwise-cast module stores float8 weights: its inputs follow the dtype it computes in
+    dtype = getattr(module, "lab_compute_dtype", None) or next(module.parameters()).dtype
 
     def cast(x):
         return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype else x

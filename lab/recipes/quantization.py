@@ -1,5 +1,6 @@
 """Quantization recipes: optimum-quanto per component (weights, optionally calibrated activations), torchao
-int8 weight-only and float8 dynamic, bitsandbytes 8-/4-bit; ``denoiser`` names the UNet or the transformer."""
+int8 weight-only and float8 dynamic, bitsandbytes 8-/4-bit, and diffusers' layerwise casting (float8 storage,
+upcast per layer); ``denoiser`` names the UNet or the transformer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from .base import (COMPONENTS, Recipe, all_of, fits_component, modules_of, needs
 
 QUANTO_WEIGHTS = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8"}
 QUANTO_ACTIVATIONS = {"int8": "qint8", "fp8": "qfloat8"}
+LAYERWISE_COMPONENTS = {short: comp for short, comp in COMPONENTS.items() if short != "text"}
 
 
 def _calibration_cases(pipe, cases):
@@ -85,6 +87,36 @@ def _bnb(bits: int):
     return apply
 
 
+def _layerwise(component: str, compute: str | None):
+    def apply(pipe, cases):
+        import torch
+
+        from .._quiet import quiet_diffusers
+        from ..env import torch_dtype
+        from .precision import _entry_modules, _hook_casts
+
+        for name, module in modules_of(pipe, "denoiser" if component == "unet" else component):
+            if compute is not None:
+                with quiet_diffusers():
+                    module.to(torch_dtype(compute))
+            # computes in the dtype the component had (fp32, or what a precision recipe set) unless told
+            compute_dtype = next(p.dtype for p in module.parameters() if p.is_floating_point())
+            # diffusers' default skips (norms, position embeddings, proj_in/out) and the model's own
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+            for entry in _entry_modules(name, module):
+                if entry is not None:
+                    entry.lab_compute_dtype = compute_dtype
+        if compute is not None:  # a mixed plan: the other components' tensors cross into this dtype
+            _hook_casts(pipe)
+
+    return apply
+
+
+def layerwise_name(short: str, compute: str | None = None) -> str:
+    """A layerwise-casting recipe's name: float8 storage for one component, computed in ``compute`` if given."""
+    return f"layerwise-fp8-{short}" + (f"-{compute}" if compute else "")
+
+
 def quanto_name(short: str, weights: str, activations: str | None = None) -> str:
     """A quanto recipe's name: component short name, weight and (optional) activation precision."""
     return f"quanto-{short}-{weights}w" + (f"-{activations}a" if activations else "")
@@ -110,6 +142,19 @@ def recipes() -> list[Recipe]:
                       "denoiser's linear layers; pair with bf16 and compile", "quantization", "CUDA >= sm89, torchao",
                       slots=("quant:denoiser",), apply_fn=_torchao_fp8,
                       check_fn=all_of(needs_capability((8, 9), "torchao float8"), torchao)))
+    # the diffusers models only: on a transformers text encoder the hooks fail on CPU (CLIP, transformers 5.24:
+    # '"normal_kernel_cpu" not implemented for Float8_e4m3fn')
+    for short, comp in LAYERWISE_COMPONENTS.items():
+        what = "the denoiser's (UNet or transformer)" if comp == "denoiser" else f"{comp}'s"
+        for compute in (None, "bf16"):
+            name = layerwise_name(short, compute)
+            in_what = "in bf16 (the component cast to bf16 first)" if compute else "in the component's own dtype"
+            out.append(Recipe(name, f"diffusers layerwise casting: {what} weights stored in float8 (e4m3), each "
+                              f"layer upcast to compute {in_what}", "quantization",
+                              slots=(f"quant:{slot_component(comp)}",)
+                              + ((f"dtype:{slot_component(comp)}",) if compute else ()),
+                              apply_fn=_layerwise(comp, compute),
+                              fit_fn=needs_unet(name) if comp == "unet" else fits_component(comp)))
     for short in ("denoiser", "unet"):
         for bits in (8, 4):
             name = f"bnb-{short}-{bits}bit"
