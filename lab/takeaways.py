@@ -176,8 +176,42 @@ def verify(comparison, quality, chosen: str) -> str:
     return "\n".join(lines)
 
 
-def lora(unfused_s: float, fused_s: float, tolerance: float = 0.05) -> str:
-    """What fusing the LoRA did to the time per call in this run."""
+def mixed(comparison, front) -> str:
+    """The mixed-precision search: how many plans (the baseline not counted) are on the Pareto front, and which
+    of them is distinguishably faster than the baseline."""
+    plans = [r for r in dict.fromkeys(r.recipe for r in comparison.records) if r != comparison.baseline]
+    on_front = [r for r in front.index if r != comparison.baseline]
+    lines = [line] if (line := contention(comparison)) else []
+    lines.append(f"- Mixed precision: {len(on_front)} of the {len(plans)} plans besides `{comparison.baseline}` are on "
+                 "the Pareto front of latency, memory and SSIM"
+                 + (f" (`{comparison.baseline}` itself is on it too)" if comparison.baseline in front.index else "") + ".")
+    verdicts = comparison.verdicts()
+    faster = [r for r in on_front if r in verdicts and verdicts[r].verdict == "faster"]
+    if faster:
+        best = max(faster, key=lambda r: verdicts[r].speedup)
+        lines.append(f"- Fastest plan on the front: `{best}`, {verdicts[best].text()}.")
+    elif not comparison.busy:
+        lines.append(f"- No plan on the front is distinguishably faster than `{comparison.baseline}` here: the front is "
+                     "made by memory and SSIM.")
+    return "\n".join(lines)
+
+
+def lora(unfused, fused, tolerance: float = 0.05) -> str:
+    """What fusing the LoRA did to the time per call in this run (seconds, or two ``CaseResult``s to judge
+    the difference against its spread and the host's load)."""
+    if hasattr(unfused, "latency"):
+        from .host import HostLoad
+        from .stats import judge
+
+        busy = HostLoad.combine([c.host for c in (unfused, fused) if c.host and c.host.busy])
+        v = judge([(unfused.latency, fused.latency)], busy="; ".join(busy.reasons) if busy else "")
+        head = f"- LoRA: unfused {unfused.latency.median:.3f} s, fused {fused.latency.median:.3f} s per call: "
+        if v.verdict == "faster":
+            return head + f"fusing saves time ({v.text()}): it removes the LoRA's extra matmuls from every call."
+        if v.verdict == "slower":
+            return head + f"fused is slower ({v.text()}): rerun before reading it as a cost."
+        return head + v.text() + "."
+    unfused_s, fused_s = unfused, fused
     ratio = fused_s / unfused_s
     if abs(ratio - 1) <= tolerance:
         said = "the same time within 5 %"
