@@ -54,7 +54,8 @@ def layout_problems(fig) -> list[str]:
         (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
         ticks = [t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]  # the drawn ones
         ticks += [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1]
-        candidates = [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ticks, *ax.texts]
+        axis = [ax.xaxis.label, ax.yaxis.label, *ticks] if ax.axison else []  # set_axis_off() draws none of them
+        candidates = [ax.title, ax._left_title, ax._right_title, *axis, *ax.texts]
         legend = ax.get_legend()
         if legend is not None:
             candidates += list(legend.get_texts())

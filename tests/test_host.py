@@ -176,3 +176,55 @@ def test_compare_rechecks_the_baseline_after_the_candidates(tmp_path):
     again = compare("tiny", ["fp32", "steps-1"], case, repeats=2, warmup=0, out=tmp_path, progress=False,
                     isolate=False)  # nothing left to run: nothing re-measured
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3 and len(again.rechecks) == 1
+
+
+def test_mixed_and_lora_takeaways_claim_only_what_the_verdicts_allow(tmp_path):
+    import pandas as pd
+
+    from lab.benchmarking import CaseResult
+
+    records = [_record("fp32", [1.00, 1.01, 0.99], QUIET), _record("bf16-denoiser", [0.50, 0.51, 0.49], QUIET),
+               _record("fp32-denoiser", [1.00, 0.99, 1.01], QUIET)]
+    cmp = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records)
+    front = pd.DataFrame(index=["fp32", "bf16-denoiser"])
+    text = takeaways.mixed(cmp, front)
+    assert "1 of the 2 plans besides `fp32`" in text and "(`fp32` itself is on it too)" in text
+    assert "Fastest plan on the front: `bf16-denoiser`" in text
+    cmp.records[0].host = BUSY
+    assert "Fastest" not in takeaways.mixed(cmp, front) and "Measured under contention" in takeaways.mixed(cmp, front)
+
+    case = lab.Case("x", name="c")
+    same = takeaways.lora(CaseResult(case=case, latency=_lat([0.41, 0.40, 0.42]), host=QUIET),
+                          CaseResult(case=case, latency=_lat([0.41, 0.42, 0.40]), host=QUIET))
+    assert "not distinguishable" in same
+    busy = takeaways.lora(CaseResult(case=case, latency=_lat([0.41, 0.40, 0.42]), host=BUSY),
+                          CaseResult(case=case, latency=_lat([0.81, 0.82, 0.80]), host=QUIET))
+    assert "no speed-up can be claimed" in busy and "host busy" in busy
+
+
+def test_figures_say_what_the_browser_could_not_read(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lab import plots
+
+    img = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    fig = plots.plot_images([img, img], ["a red circle on the left, white background", "x"], ncols=2)
+    assert min(ax.title.get_fontsize() for ax in fig.axes if ax.title.get_text()) >= 9
+    assert plots.layout_problems(fig) == []
+    records = [_record("fp32", [1.00, 1.01, 0.99], QUIET), _record("bf16", [0.50, 0.51, 0.49], QUIET),
+               _record("same", [1.00, 0.99, 1.01], QUIET)]
+    cmp = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records)
+    fig = plots.plot_speedup(cmp)
+    bars = {round(p.get_width()): p.get_facecolor() for p in fig.axes[0].patches}
+    assert bars[100] != bars[0]  # the real gain is coloured, the indistinguishable one grey
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert "+100%" in labels and any("(n.d.)" in t for t in labels)
+    cmp.records[0].host = BUSY
+    assert "contention" in plots.plot_latency(cmp).axes[0].get_title()
+    many = [_record(f"plan-{i}", [1.0 + 0.001 * i] * 3, QUIET) for i in range(6)]
+    cmp = Comparison(model="tiny", baseline="plan-0", out=str(tmp_path), records=many)
+    for r, s in zip(cmp.records, (1.0, 0.99, 0.99, 0.98, 0.98, 0.97)):
+        r.ssim = s
+    fig = plots.plot_quality_vs_speed(cmp)
+    assert not [p for p in plots.layout_problems(fig) if p.startswith("clipped")]  # labels stay in the figure
