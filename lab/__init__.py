@@ -29,6 +29,7 @@ _CORE = {
     # compare and optimize
     "compare": "experiments", "Comparison": "experiments", "preset": "presets", "recommend": "presets",
     "search_mixed_precision": "mixed", "hardware_plan": "hardware",
+    "batch_sweep": "throughput", "ThroughputResult": "throughput",
     # verify
     "ssim": "quality", "psnr": "quality", "evaluate": "quality", "QualityThresholds": "quality",
     "adherence": "quality", "AdherenceReport": "quality", "report": "reporting",
@@ -37,7 +38,8 @@ _CORE = {
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots",
-            "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
+            "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows", "runtimes",
+            "throughput")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from .cases import negative_prompt, with_negative
     from .fallback import generate_with_fallback
     from .hardware import hardware_plan
+    from .throughput import ThroughputResult, batch_sweep
+    from . import runtimes, throughput
     from .hires import hires_fix
     from .mixed import search_mixed_precision
     from .experiments import Comparison, compare

@@ -36,7 +36,7 @@ def first_step_update(pipe, case: Case):
         pipe_._interrupt = True  # diffusers skips the remaining steps; the call returns the latents
         return callback_kwargs
 
-    dtype = next(denoiser(pipe).parameters()).dtype
+    dtype = denoiser(pipe).dtype  # a runtime-run denoiser (lab.runtimes) has no torch parameters to ask
     with torch.no_grad():
         pipe(latents=initial.to(pipe.device, dtype), generator=generator, output_type="latent",
              callback_on_step_end=after_first_step, **case.pipeline_kwargs())

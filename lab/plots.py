@@ -473,3 +473,19 @@ def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
     ax.set_ylabel("adherence (1 = matches the prompt)")
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
+
+
+def plot_throughput(result, *, path: str | os.PathLike | None = None):
+    """Images per second against latency per call, one point per batch size (IQR bars on both axes)."""
+    points = result.ok()
+    fig, ax = _figure()
+    ax.errorbar([p.latency.median for p in points], [p.images_per_s for p in points],
+                xerr=[p.latency.iqr / 2 for p in points], yerr=[p.images_per_s_iqr / 2 for p in points],
+                marker="o", capsize=3, color="tab:blue")
+    for p in points:
+        ax.annotate(f"{p.prompts}×{p.images_per_prompt}", (p.latency.median, p.images_per_s),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("seconds per call (median, IQR)")
+    ax.set_ylabel("images per second")
+    ax.set_title(f"Throughput against latency: {result.model} (prompts × images per prompt)", fontsize=9)
+    return _save(fig, path)
