@@ -13,7 +13,7 @@ from lab.recipes import get, parse
 from lab.recipes.runtimes import RUNTIMES
 from lab.stats import Latency
 
-ALL = frozenset({"openvino", "onnxruntime"})
+ALL = frozenset({"openvino", "onnxruntime", "onnx"})
 CPU = RecipeEnv("cpu", packages=ALL, cpu_flags=("avx512f", "amx_bf16"))
 
 
@@ -30,6 +30,7 @@ def test_refused_with_the_reason():
     bare = RecipeEnv("cpu")
     assert "openvino is not installed" in get("openvino-denoiser-f32").check(bare)
     assert "onnxruntime is not installed" in get("onnxruntime-denoiser").check(bare)
+    assert "onnx is not installed" in get("onnxruntime-denoiser").check(RecipeEnv("cpu", packages=frozenset({"onnxruntime"})))
     from lab.denoiser import model_kind
 
     assert "transformer" in parse("openvino-denoiser").fits(model_kind("tiny-flux"))["openvino-denoiser"]
@@ -106,7 +107,8 @@ def test_openvino_images_close_to_fp32(recipe, rel_max):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                    reason="onnxruntime or onnx is not installed")
 def test_onnxruntime_images_close_to_fp32():
     quality, fidelity, _ = _images_against_fp32("onnxruntime-denoiser")
     assert fidelity.rel_error < 1e-3 and quality > 0.99

@@ -14,14 +14,15 @@ from .base import Check, Recipe, all_of, needs_denoiser, needs_package
 from .compile import DENOISER_COMPILES, UNET_COMPILES
 from .quantization import QUANTO_ACTIVATIONS, QUANTO_WEIGHTS, quanto_name
 
-# recipe name -> (backend in lab.runtimes.BACKENDS, package, what it does)
+# recipe name -> (backend in lab.runtimes.BACKENDS, packages it needs, what it does); torch.onnx.export's
+# TorchScript exporter (dynamo=False) needs onnx, not onnxscript
 RUNTIMES = {
-    "openvino-denoiser": ("openvino", "openvino", "the UNet converted by openvino.convert_model and run by "
+    "openvino-denoiser": ("openvino", ("openvino",), "the UNet converted by openvino.convert_model and run by "
                           "OpenVINO on the CPU at its default inference precision (bf16 where the CPU has AMX or "
                           "AVX-512 BF16, else fp32)"),
-    "openvino-denoiser-f32": ("openvino-f32", "openvino", "the UNet run by OpenVINO on the CPU with fp32 "
+    "openvino-denoiser-f32": ("openvino-f32", ("openvino",), "the UNet run by OpenVINO on the CPU with fp32 "
                               "arithmetic (INFERENCE_PRECISION_HINT f32)"),
-    "onnxruntime-denoiser": ("onnxruntime", "onnxruntime", "the UNet exported by torch.onnx.export and run by "
+    "onnxruntime-denoiser": ("onnxruntime", ("onnxruntime", "onnx"), "the UNet exported by torch.onnx.export and run by "
                              "ONNX Runtime's CPU provider (fp32)"),
 }
 
@@ -49,11 +50,11 @@ def recipes() -> list[Recipe]:
     fit = needs_denoiser("unet", "the export covers a UNet's call (sample, timestep, text states, SDXL's added "
                                  "conditioning); a transformer's packed inputs are not exported here")
     return [Recipe(name, f"{text}; the first call exports and compiles (seconds to tens of seconds)", "runtime",
-                   f"CPU + {package}", slots=("runtime:denoiser",), apply_fn=_install(backend),
-                   check_fn=all_of(_cpu_only(name), needs_package(package, f"pip install {package}, or "
-                                                                           "pip install -e '.[runtimes]'")),
+                   f"CPU + {' + '.join(packages)}", slots=("runtime:denoiser",), apply_fn=_install(backend),
+                   check_fn=all_of(_cpu_only(name), *(needs_package(p, f"pip install {p}, or pip install -e "
+                                                                       "'.[runtimes]'") for p in packages)),
                    fit_fn=fit)
-            for name, (backend, package, text) in RUNTIMES.items()]
+            for name, (backend, packages, text) in RUNTIMES.items()]
 
 
 _QUANTO = [quanto_name(short, w, a) for short in ("denoiser", "unet") for w in QUANTO_WEIGHTS
