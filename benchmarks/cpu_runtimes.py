@@ -56,7 +56,7 @@ def main() -> None:
     fastest = min(contenders, key=lambda r: frame.loc[r, "latency_s"]) if contenders else None
     verdict = None
     if fastest is not None and rec.recipe in frame.index:
-        ratio = frame.loc[rec.recipe, "latency_s"] / frame.loc[fastest, "latency_s"]
+        ratio = float(frame.loc[rec.recipe, "latency_s"] / frame.loc[fastest, "latency_s"])
         verdict = {"pick": rec.recipe, "fastest": fastest, "ratio": ratio, "met": bool(ratio <= 1.05)}
     columns = [c for c in ("latency_s", "latency_iqr_s", "speedup", "first_call_s", "first_call_extra_s",
                            "peak_mem_mb", "fidelity_rel_err", "fidelity_cos", "ssim", "status", "reason")
