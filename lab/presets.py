@@ -3,8 +3,8 @@
 Corrections to the seed: attention slicing is not combined with SDPA (it slows SDPA down); sequential
 offload is never combined with ``torch.compile`` (it cannot be traced); bitsandbytes 4-bit and LCM-LoRA
 need CUDA and downloaded weights respectively, so the CPU branches use what runs here (bf16 with AMX
-or AVX-512 BF16, channels-last, compile, quanto); GGUF and ONNX Runtime (the seed's CPU branch) are
-outside diffusers and this workbench, so the CPU branch names the nearest equivalents. Given a measured
+or AVX-512 BF16, channels-last, compile, quanto); GGUF (the seed's CPU branch) is outside diffusers, so the
+fixed CPU branch names the nearest equivalents. Given a measured
 comparison (``measured=``: e.g. lab's best rung against the OpenVINO and ONNX Runtime denoisers of
 ``lab.recipes.runtimes``), the CPU branch picks the fastest measured recipe within the quality bound instead of the
 fixed rule; given a batch sweep (``throughput=``, ``lab.batch_sweep``), ``priority="throughput"`` picks its batch.
@@ -189,10 +189,10 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
         reasons = [f"CPU-only branch, measured ({measured.model}, {measured.out}): the fastest recipe within the "
                    f"quality bound, not a fixed rule", *pick[1]]
     else:
-        reasons.append("CPU-only branch: the seed's GGUF + ONNX Runtime are outside diffusers; the nearest "
-                       "in-framework levers are precision, layout, compile and fewer steps (measure the runtimes "
-                       "side by side, openvino-denoiser and onnxruntime-denoiser, and pass measured= to follow "
-                       "the measurement)")
+        reasons.append("CPU-only branch, unmeasured: the seed's GGUF is outside diffusers; its ONNX Runtime (and "
+                       "OpenVINO) are recipes here (onnxruntime-denoiser, openvino-denoiser) whose gain depends on "
+                       "the CPU, so this fixed rule uses precision, layout, compile and fewer steps; measure them "
+                       "side by side (benchmarks/cpu_runtimes.py) and pass measured= to follow the measurement")
         parts += ["sdpa", "channels-last"]
         if priority in ("balance", "speed"):
             parts.append("compile-denoiser")
