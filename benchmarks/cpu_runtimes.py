@@ -39,9 +39,11 @@ def main() -> None:
     parser.add_argument("--ladder", default=None, help="a ladder.json: its fastest rung without fewer steps")
     parser.add_argument("--out", default="runs/cpu-runtimes")
     parser.add_argument("--in-process", action="store_true")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="the runtime recipes to run, in order")
     args = parser.parse_args()
     rung = args.rung or (LadderResult.load(args.ladder).best().recipe if args.ladder else BEST_RUNG)
-    recipes = ["fp32", rung, *RUNTIMES]
+    runtimes = args.runtimes.split(",")
+    recipes = ["fp32", rung, *runtimes]
     load_before = os.getloadavg()
     start = time.perf_counter()
     case = CASE.with_overrides(steps=args.steps, height=args.size, width=args.size)
@@ -52,7 +54,7 @@ def main() -> None:
     frame = cmp.to_frame()
     frame["first_call_extra_s"] = frame["first_call_s"] - frame["latency_s"]  # export + compile for the runtimes
     rec = lab.recommend(priority="balance", measured=cmp, model=args.model)
-    contenders = [r for r in (rung, *RUNTIMES) if r in frame.index and frame.loc[r, "ok"] > 0]
+    contenders = [r for r in (rung, *runtimes) if r in frame.index and frame.loc[r, "ok"] > 0]
     fastest = min(contenders, key=lambda r: frame.loc[r, "latency_s"]) if contenders else None
     verdict = None
     if fastest is not None and rec.recipe in frame.index:
