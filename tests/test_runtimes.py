@@ -112,3 +112,12 @@ def test_openvino_images_close_to_fp32(recipe, rel_max):
 def test_onnxruntime_images_close_to_fp32():
     quality, fidelity, _ = _images_against_fp32("onnxruntime-denoiser")
     assert fidelity.rel_error < 1e-3 and quality > 0.99
+
+
+def test_takeaways_say_what_ran_and_what_was_picked():
+    from lab import takeaways
+
+    with_skip = Comparison(model="sd15-arch", baseline="fp32", out="x", records=[
+        *MEASURED.records, record("onnxruntime-denoiser-x", 0, status="skipped")])
+    text = takeaways.runtimes(with_skip, recommend(CPU, measured=with_skip))
+    assert "**`openvino-denoiser`**" in text and "Not measured here" in text and "not installed" in text
