@@ -121,3 +121,37 @@ def test_takeaways_say_what_ran_and_what_was_picked():
         *MEASURED.records, record("onnxruntime-denoiser-x", 0, status="skipped")])
     text = takeaways.runtimes(with_skip, recommend(CPU, measured=with_skip))
     assert "**`openvino-denoiser`**" in text and "Not measured here" in text and "not installed" in text
+
+
+def test_wrapper_exports_once_per_shape_and_releases_the_weights():
+    import torch
+
+    import lab
+    from lab.runtimes import Backend, install
+
+    class Eager(Backend):  # runs the traced module with torch: the wrapper's bookkeeping, no runtime needed
+        def build(self, module, example, release):
+            release()  # as the real backends do once the runtime holds its own copy (here: the closure's)
+
+            def run(inputs):
+                with torch.no_grad():
+                    return module(*(torch.from_numpy(x) for x in inputs)).numpy()
+            return run
+
+    pipe = lab.load_pipeline("tiny-random", device="cpu")
+    reference = pipe.unet
+    sample, states = torch.randn(2, 4, 8, 8), torch.randn(2, 77, reference.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = reference(sample, 10, encoder_hidden_states=states).sample
+    wrapper = install(pipe, Eager("eager"), keep_weights=True)
+    assert pipe.unet is wrapper and wrapper.config.in_channels == 4
+    out = wrapper(sample, torch.tensor(10), encoder_hidden_states=states, return_dict=False)[0]
+    assert torch.allclose(out, expected, atol=1e-5)
+    wrapper(sample[:1], torch.tensor(10), encoder_hidden_states=states[:1])
+    assert len(wrapper.export_s) == 2  # another batch: exported again from the kept weights
+
+    released = install(lab.load_pipeline("tiny-random", device="cpu"), Eager("eager"))
+    released(sample, torch.tensor(10), encoder_hidden_states=states)
+    assert sum(p.numel() for p in released.parameters()) == 0
+    with pytest.raises(RuntimeError, match="keep_weights"):
+        released(sample[:1], torch.tensor(10), encoder_hidden_states=states[:1])
