@@ -30,6 +30,7 @@ _CORE = {
     "compare": "experiments", "Comparison": "experiments", "preset": "presets", "recommend": "presets",
     "search_mixed_precision": "mixed", "hardware_plan": "hardware",
     "thread_sweep": "threads", "ThreadScaling": "threads", "Energy": "power",
+    "batch_sweep": "throughput", "ThroughputResult": "throughput",
     # verify
     "ssim": "quality", "psnr": "quality", "evaluate": "quality", "QualityThresholds": "quality",
     "adherence": "quality", "AdherenceReport": "quality", "report": "reporting",
@@ -38,8 +39,8 @@ _CORE = {
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "hotswap", "ladder",
-            "loadtime", "lora", "mixed", "plots", "power", "presets", "recipes", "shapes", "takeaways", "threads",
-            "training", "widgets", "workflows")
+            "loadtime", "lora", "mixed", "plots", "power", "presets", "recipes", "runtimes", "shapes", "takeaways",
+            "threads", "throughput", "training", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
     from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, host, hotswap, ladder, loadtime, lora,
-                   mixed, plots, power, presets, recipes, shapes, takeaways, threads, training, widgets, workflows)
+                   mixed, plots, power, presets, recipes, runtimes, shapes, takeaways, threads, throughput, training,
+                   widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from .hardware import hardware_plan
     from .power import Energy
     from .threads import ThreadScaling, thread_sweep
+    from .throughput import ThroughputResult, batch_sweep
     from .hires import hires_fix
     from .mixed import search_mixed_precision
     from .experiments import Comparison, compare

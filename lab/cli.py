@@ -48,6 +48,7 @@ _seed = _typed(check_seed, "int")
 _guidance = _typed(check_guidance, "number")
 _seeds = _typed(lambda v: bounded_int("seeds", v, 1, 10_000), "int")
 _budget = _typed(lambda v: finite_number("time budget", v, minimum=1e-3), "number")
+_memory_budget = _typed(lambda v: finite_number("memory budget", v, minimum=1), "number")
 _ssim_min = _typed(lambda v: finite_number("ssim-min", v, minimum=-1, maximum=1), "number")
 _psnr_min = _typed(lambda v: finite_number("psnr-min", v, minimum=0, maximum=200), "number")
 
@@ -350,6 +351,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batches(value: str) -> list[int]:
+    try:
+        sizes = [positive_int("batch", int(v)) for v in value.split(",")]
+    except (ValueError, LabError):
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, e.g. 1,2,4, got {value!r}") from None
+    return sizes
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    _validate_model_args(args)
+    cases = _cases(args)
+    from .plots import plot_throughput
+    from .results import atomic_write_text
+    from .throughput import batch_sweep
+
+    with output_dir(args.out) as out, run_lock(out):
+        result = batch_sweep(args.model, args.batches, images_per_prompt=args.images_per_prompt,
+                             recipe=args.recipe or "", device=args.device, dtype=args.dtype, case=cases[0],
+                             prompts=[c.prompt for c in cases], warmup=args.warmup, repeats=args.repeats,
+                             progress=not args.quiet)
+        path = result.save(out / "throughput.json")
+        text = result.to_markdown()
+        if args.memory_budget is not None:
+            fit = result.largest_fit(args.memory_budget)
+            text += (f"\n\nlargest batch within {args.memory_budget:g} MiB: {fit.images} images per call"
+                     f"{' (estimated)' if fit.estimated else ''}; {fit.reason}")
+        atomic_write_text(out / "throughput.md", text + "\n")
+        if result.ok():
+            plot_throughput(result, path=out / "throughput.png")
+    print(text)
+    print(f"\nresults: {path}")
+    failed = [p for p in result.points if p.status == "error"]
+    for p in failed:
+        print(f"FAILED batch {p.prompts}x{p.images_per_prompt}: {p.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import EMBEDDED
     from .schedulers import scheduler_names
@@ -421,9 +459,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--slurm-time", type=_int, default=None, help="submitit: minutes per job")
     cmp.set_defaults(func=cmd_compare)
 
+    thr = sub.add_parser("throughput", help="batch sweep: images/s, latency per call and peak memory per batch size")
+    _add_model_args(thr)
+    _add_case_args(thr)
+    thr.add_argument("--recipe", default=None, help="recipe string applied once before the sweep (e.g. bf16+sdpa)")
+    thr.add_argument("--batches", type=_batches, default=[1, 2, 4], help="prompts per call, e.g. 1,2,4 (default)")
+    thr.add_argument("--images-per-prompt", type=_batches, default=[1],
+                     help="num_images_per_prompt values, e.g. 1,2 (default 1)")
+    thr.add_argument("--memory-budget", type=_memory_budget, default=None, metavar="MIB",
+                     help="also report the largest batch whose peak memory stays within this many MiB")
+    thr.add_argument("--warmup", type=_non_negative, default=1, help="untimed calls per batch size")
+    thr.add_argument("--repeats", type=_positive, default=3, help="timed calls per batch size (>= 1)")
+    thr.add_argument("--out", default="runs/throughput", help="output directory")
+    thr.add_argument("--quiet", action="store_true", help="no progress bars")
+    thr.set_defaults(func=cmd_throughput)
+
     rec = sub.add_parser("recipes", help="list the recipe catalog, the presets and a recommendation")
     rec.add_argument("--device", default="auto")
-    rec.add_argument("--priority", default="balance", help="quality, balance or speed")
+    rec.add_argument("--priority", default="balance", help="quality, balance, speed or throughput")
     rec.add_argument("--model", default=None, help="also say which recipes cannot fit this model, and fit the "
                      "presets and the recommendation to it (e.g. tiny-flux)")
     rec.set_defaults(func=cmd_recipes)

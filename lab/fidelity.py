@@ -36,9 +36,10 @@ def first_step_update(pipe, case: Case):
         pipe_._interrupt = True  # diffusers skips the remaining steps; the call returns the latents
         return callback_kwargs
 
-    # the dtype the denoiser computes in: float8-stored (layerwise casting) and GGUF-packed (uint8) weights are not it
+    # the dtype the denoiser computes in: float8-stored (layerwise casting) and GGUF-packed (uint8) weights are not
+    # it, and a runtime-run denoiser (lab.runtimes) has no torch parameters to ask
     computing = (torch.float32, torch.float16, torch.bfloat16)
-    dtype = next((p.dtype for p in denoiser(pipe).parameters() if p.dtype in computing), torch.float32)
+    dtype = next((p.dtype for p in denoiser(pipe).parameters() if p.dtype in computing), None) or denoiser(pipe).dtype
     with torch.no_grad():
         pipe(latents=initial.to(pipe.device, dtype), generator=generator, output_type="latent",
              callback_on_step_end=after_first_step, **case.pipeline_kwargs())

@@ -392,7 +392,8 @@ def weight_bytes(pipe) -> dict[str, int]:
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module):
             tensors = list(module.parameters()) + list(module.buffers())
-            out[name] = sum(tensor_bytes(t) for t in tensors)
+            # a component run by another runtime (lab.runtimes) holds its weights outside torch
+            out[name] = getattr(module, "lab_weight_bytes", None) or sum(tensor_bytes(t) for t in tensors)
     return out
 
 

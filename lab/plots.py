@@ -562,4 +562,17 @@ def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
     ax.set_ylabel("seconds per call")
     ax.set_title(f"Thread scaling: {scaling.model} ({scaling.cores} cores)")
     ax.legend(fontsize="small")
+def plot_throughput(result, *, path: str | os.PathLike | None = None):
+    """Images per second against latency per call, one point per batch size (IQR bars on both axes)."""
+    points = result.ok()
+    fig, ax = _figure()
+    ax.errorbar([p.latency.median for p in points], [p.images_per_s for p in points],
+                xerr=[p.latency.iqr / 2 for p in points], yerr=[p.images_per_s_iqr / 2 for p in points],
+                marker="o", capsize=3, color="tab:blue")
+    for p in points:
+        ax.annotate(f"{p.prompts}×{p.images_per_prompt}", (p.latency.median, p.images_per_s),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("seconds per call (median, IQR)")
+    ax.set_ylabel("images per second")
+    ax.set_title(f"Throughput against latency: {result.model} (prompts × images per prompt)", fontsize=9)
     return _save(fig, path)

@@ -3,13 +3,18 @@
 Corrections to the seed: attention slicing is not combined with SDPA (it slows SDPA down); sequential
 offload is never combined with ``torch.compile`` (it cannot be traced); bitsandbytes 4-bit and LCM-LoRA
 need CUDA and downloaded weights respectively, so the CPU branches use what runs here (bf16 with AMX
-or AVX-512 BF16, channels-last, compile, quanto); GGUF and ONNX Runtime (the seed's CPU branch) are
-outside diffusers and this workbench, so the CPU branch names the nearest equivalents.
+or AVX-512 BF16, channels-last, compile, quanto); GGUF (the seed's CPU branch) is outside diffusers, so the
+fixed CPU branch names the nearest equivalents. Given a measured
+comparison (``measured=``: e.g. lab's best rung against the OpenVINO and ONNX Runtime denoisers of
+``lab.recipes.runtimes``), the CPU branch picks the fastest measured recipe within the quality bound instead of the
+fixed rule; given a batch sweep (``throughput=``, ``lab.batch_sweep``), ``priority="throughput"`` picks its batch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._checks import LabError, choose
 from .env import RecipeEnv
@@ -17,7 +22,13 @@ from .denoiser import model_kind
 from .recipes import fit_to_model, parse
 from .results import Record
 
-PRIORITIES = ("quality", "balance", "speed")
+if TYPE_CHECKING:
+    from .experiments import Comparison
+    from .throughput import ThroughputResult
+
+PRIORITIES = ("quality", "balance", "speed", "throughput")
+MAX_REL_ERROR = 0.05  # first-step relative error against the baseline a measured pick may have (lab.fidelity)
+SSIM_MIN = 0.85  # the report's quality gate, for recipes without a first-step fidelity on a trained model
 TIERS = ("basic", "advanced", "expert")
 
 
@@ -57,9 +68,11 @@ class Recommendation(Record):
     recipe: str
     reasons: list[str] = field(default_factory=list)
     not_applicable: dict[str, str] = field(default_factory=dict)
+    batch: int | None = None  # images per call (priority "throughput" with a measured sweep)
 
     def __str__(self) -> str:
-        lines = [f"recommended: {self.recipe}"] + [f"  - {r}" for r in self.reasons]
+        batch = f" at {self.batch} images per call" if self.batch else ""
+        lines = [f"recommended: {self.recipe}{batch}"] + [f"  - {r}" for r in self.reasons]
         lines += [f"  ! {k} cannot apply here: {v}" for k, v in self.not_applicable.items()]
         return "\n".join(lines)
 
@@ -67,19 +80,87 @@ class Recommendation(Record):
         return f"**`{self.recipe}`**\n\n" + "\n".join(f"- {r}" for r in self.reasons)
 
 
+def measured_pick(measured: "Comparison", max_rel_error: float = MAX_REL_ERROR,
+                  ssim_min: float = SSIM_MIN) -> tuple[str | None, list[str]]:
+    """The fastest recipe of a comparison within the quality bound, and one line per recipe saying why or why not.
+
+    The bound: a first-step relative error against the baseline of at most ``max_rel_error`` (``lab.fidelity``);
+    a recipe without one (it changes the scheduler or steps) passes on a trained model with SSIM > ``ssim_min``
+    and is left out on a random-weight model, where neither says anything. The baseline always passes.
+    """
+    frame = measured.to_frame()
+    passing, lines = [], []
+    for recipe, row in frame.iterrows():
+        latency = row.get("latency_s")
+        if latency is None or not isinstance(latency, float) or math.isnan(latency):
+            lines.append(f"{recipe}: not measured ({row.get('reason') or row.get('status')})")
+            continue
+        rel = row.get("fidelity_rel_err")
+        ssim = row.get("ssim")
+        if recipe == measured.baseline:
+            ok, quality = True, "the baseline"
+        elif rel is not None and not math.isnan(rel):
+            ok, quality = rel <= max_rel_error, f"first-step rel. error {rel:.3f} (bound {max_rel_error:g})"
+        elif not measured.random_weights and ssim is not None and not math.isnan(ssim):
+            ok, quality = ssim > ssim_min, f"SSIM {ssim:.3f} (gate {ssim_min:g})"
+        else:
+            ok, quality = False, "quality unknown (no first-step fidelity, random weights)"
+        lines.append(f"{recipe}: {latency:.3f} s, {quality}{'' if ok else ': out'}")
+        if ok:
+            passing.append((latency, recipe))
+    return (min(passing)[1] if passing else None), lines
+
+
+def _throughput_pick(sweep: "ThroughputResult", budget_gb: float | None) -> tuple[int | None, list[str]]:
+    budget_mb = budget_gb * 1024 if budget_gb is not None else None
+    best = sweep.best(budget_mb)
+    if best is None:
+        return None, [f"the batch sweep ({sweep.model}, {sweep.recipe}) has no batch within "
+                      f"{'the budget' if budget_mb else 'its runs'}"]
+    single = next((p for p in sweep.ok() if p.images == 1), None)
+    gain = f", {best.images_per_s / single.images_per_s:.2f}x batch 1's {single.images_per_s:.3g}" if single else ""
+    lines = [f"measured batch sweep ({sweep.model}, {sweep.size or 'default'}², {sweep.steps} steps): "
+             f"{best.prompts} prompts x {best.images_per_prompt} images per call gave the most throughput, "
+             f"{best.images_per_s:.3g} images/s (IQR {best.images_per_s_iqr:.2g}){gain}; "
+             f"{best.latency.median:.2f} s per call, peak {best.peak_mem_mb:.0f} MiB"]
+    if budget_mb is not None:
+        fit = sweep.largest_fit(budget_mb)
+        lines.append(f"largest batch within {budget_gb:g} GiB: {fit.images} images per call "
+                     f"({'estimated: ' if fit.estimated else ''}{fit.reason})")
+    return best.images, lines
+
+
 def recommend(env: RecipeEnv | None = None, priority: str = "balance",
-              memory_budget: float | None = None, model: str | None = None) -> Recommendation:
+              memory_budget: float | None = None, model: str | None = None,
+              measured: "Comparison | None" = None, throughput: "ThroughputResult | None" = None,
+              max_rel_error: float = MAX_REL_ERROR) -> Recommendation:
     """Walk seed 002's decision tree for this hardware and priority; returns a recipe and the reasoning.
 
     Args:
-        priority: ``quality``, ``balance`` or ``speed``.
+        priority: ``quality``, ``balance``, ``speed`` or ``throughput`` (images per second: batching).
         memory_budget: GiB the pipeline may use (default: the GPU's memory, or unbounded on CPU).
         model: fit the recipe to this model (a transformer drops UNet-only parts, each with the reason).
+        measured: on CPU, a comparison run here (``lab.compare``): the fastest recipe within the quality bound
+            replaces the fixed rule (``measured_pick``).
+        throughput: a batch sweep (``lab.batch_sweep``): with ``priority="throughput"`` its fastest batch in
+            images per second within ``memory_budget`` is the recommended batch.
+        max_rel_error: the first-step relative error a measured pick may have against the comparison's baseline.
     """
     choose("priority", priority, PRIORITIES)
     if memory_budget is not None and not memory_budget > 0:
         raise LabError(f"memory_budget must be a positive number of GiB, got {memory_budget!r}")
     env = env or RecipeEnv.detect()
+    if priority == "throughput":  # the recipe of a balanced priority, then the batch that maximises images/s
+        rec = recommend(env, "balance", memory_budget, model, measured=measured, max_rel_error=max_rel_error)
+        if throughput is None:
+            rec.reasons.append("throughput: batching pays where one call leaves the hardware idle (a GPU); its gain "
+                               "is hardware-specific, so measure it: lab.batch_sweep(...) and pass throughput=")
+            return rec
+        rec.batch, lines = _throughput_pick(throughput, memory_budget)
+        if throughput.recipe and throughput.recipe != rec.recipe:
+            lines.append(f"the sweep measured {throughput.recipe!r}; the batch is read from it")
+        rec.reasons += lines
+        return rec
     precision, why = _precision(env)
     parts, reasons = [precision], [why]
     budget = memory_budget if memory_budget is not None else env.cuda_memory_gb
@@ -103,9 +184,15 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
                            "41 ms per sd15 step, host CPU at 100 %), so CUDA graphs (compile-denoiser-reduce-overhead) "
                            "on channels-last: 9.2 ms per step, 4.8x over fp32. Cost: a first call of 70-120 s; "
                            "max-autotune is opt-in (not finished after 4 min there)")
+    elif measured is not None and (pick := measured_pick(measured, max_rel_error))[0] is not None:
+        parts = pick[0].split("+")
+        reasons = [f"CPU-only branch, measured ({measured.model}, {measured.out}): the fastest recipe within the "
+                   f"quality bound, not a fixed rule", *pick[1]]
     else:
-        reasons.append("CPU-only branch: the seed's GGUF + ONNX Runtime are outside diffusers; the nearest "
-                       "in-framework levers are precision, layout, compile and fewer steps")
+        reasons.append("CPU-only branch, unmeasured: the seed's GGUF is outside diffusers; its ONNX Runtime (and "
+                       "OpenVINO) are recipes here (onnxruntime-denoiser, openvino-denoiser) whose gain depends on "
+                       "the CPU, so this fixed rule uses precision, layout, compile and fewer steps; measure them "
+                       "side by side (benchmarks/cpu_runtimes.py) and pass measured= to follow the measurement")
         parts += ["sdpa", "channels-last"]
         if priority in ("balance", "speed"):
             parts.append("compile-denoiser")

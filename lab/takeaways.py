@@ -254,3 +254,29 @@ def fallback(result, image=None, reference=None) -> str:
                        "call finished, but what it drew is not the prompt: at this size the model makes noise, so "
                        "report an out-of-memory failure rather than this image.")
     return line + f" The picture survived: adherence {got:.2f} against {want:.2f} without the budget."
+
+
+def throughput(sweep) -> str:
+    """Which batch gave the most images per second in this sweep, against one image per call."""
+    best = sweep.best()
+    if best is None:
+        return "- No batch size of the sweep ran: no throughput to report."
+    single = next((p for p in sweep.ok() if p.images == 1), None)
+    versus = (f", {best.images_per_s / single.images_per_s:.2f}× one image per call"
+              if single and best is not single else "")
+    return (f"- Throughput: **{best.prompts} prompts × {best.images_per_prompt} images** per call gave the most, "
+            f"{best.images_per_s:.3g} images/s (IQR {best.images_per_s_iqr:.2g}){versus}, at "
+            f"{best.latency.median:.2f} s per call and {best.peak_mem_mb:.0f} MiB peak.")
+
+
+def runtimes(comparison, recommendation) -> str:
+    """What the side-by-side of CPU runtimes measured and which recipe the recommender took from it."""
+    frame = comparison.to_frame()
+    ran = frame[frame["ok"] > 0]
+    skipped = [f"`{r}` ({row['reason'][:90]})" for r, row in frame.iterrows() if row["ok"] == 0]
+    lines = [f"- CPU runtimes: fastest measured `{ran['latency_s'].idxmin()}` at {ran['latency_s'].min():.3f} s; "
+             f"the recommender, given this run, picks **`{recommendation.recipe}`**."] if len(ran) else \
+        ["- No recipe of the runtime comparison ran here."]
+    if skipped:
+        lines.append("- Not measured here: " + "; ".join(skipped) + ".")
+    return "\n".join(lines)

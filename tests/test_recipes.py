@@ -16,6 +16,8 @@ COMPILE = {n for n in recipes.names() if n.startswith("compile-")}
 TINY = model_kind("tiny")
 # the older "unet" spelling of a recipe that also has a "denoiser" one: the same technique, tested once below
 UNET_TWINS = {n for n in recipes.names() if "unet" in n and n.replace("unet", "denoiser") in recipes.names()}
+# each exports the UNet to another runtime on its first call (seconds): tests/test_runtimes.py applies them (slow)
+RUNTIMES = {n for n in recipes.names() if recipes.get(n).family == "runtime"}
 
 
 def test_catalog_lists_every_recipe_with_its_needs():
@@ -39,7 +41,7 @@ def test_every_suggested_recipe_exists():
             assert recipes.get(name).name == name, (rule, name)
 
 
-@pytest.mark.parametrize("name", sorted(set(recipes.names()) - COMPILE - UNET_TWINS))
+@pytest.mark.parametrize("name", sorted(set(recipes.names()) - COMPILE - UNET_TWINS - RUNTIMES))
 def test_every_recipe_applies_to_tiny_or_says_why_not(name):
     recipe = recipes.get(name)
     reason = recipe.check(CPU) or recipe.fits(TINY)

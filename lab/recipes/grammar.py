@@ -11,14 +11,14 @@ from typing import Any
 from .._checks import LabError
 from ..denoiser import ModelKind
 from ..env import RecipeEnv
-from . import attention, compile, layout, loading, memory, precision, quantization, schedulers, threads
+from . import attention, compile, layout, loading, memory, precision, quantization, runtimes, schedulers, threads
 from .base import Recipe
 
 # One module per family: each holds its recipes and the combinations it cannot take part in.
-FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, loading, threads)
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, loading, threads, runtimes)
 # load-time recipes act while the pipeline loads, before anything else; threads are set before any work
 ORDER = {"loading": 1, "threads": 5, "precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40,
-         "scheduler": 50, "steps": 55, "caching": 58, "memory": 60, "compile": 70}
+         "scheduler": 50, "steps": 55, "caching": 58, "memory": 60, "runtime": 65, "compile": 70}
 INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
 
 
