@@ -86,10 +86,15 @@ def measured_pick(measured: "Comparison", max_rel_error: float = MAX_REL_ERROR,
 
     The bound: a first-step relative error against the baseline of at most ``max_rel_error`` (``lab.fidelity``);
     a recipe without one (it changes the scheduler or steps) passes on a trained model with SSIM > ``ssim_min``
-    and is left out on a random-weight model, where neither says anything. The baseline always passes.
+    and is left out on a random-weight model, where neither says anything. The baseline always passes; another
+    recipe only with a ``faster`` verdict against it (``Comparison.verdicts``), and nothing is picked from a
+    comparison measured under contention or whose baseline drifted.
     """
     frame = measured.to_frame()
     passing, lines = [], []
+    if busy := "; ".join(filter(None, (measured.busy, measured.drift))):
+        return None, [f"measured under contention ({busy}): no pick from these timings; rerun on a quiet host"]
+    verdicts = measured.verdicts()
     for recipe, row in frame.iterrows():
         latency = row.get("latency_s")
         if latency is None or not isinstance(latency, float) or math.isnan(latency):
@@ -105,6 +110,8 @@ def measured_pick(measured: "Comparison", max_rel_error: float = MAX_REL_ERROR,
             ok, quality = ssim > ssim_min, f"SSIM {ssim:.3f} (gate {ssim_min:g})"
         else:
             ok, quality = False, "quality unknown (no first-step fidelity, random weights)"
+        if ok and recipe != measured.baseline and verdicts.get(recipe) and verdicts[recipe].verdict != "faster":
+            ok, quality = False, f"{quality}; not faster than the baseline ({verdicts[recipe].text()})"
         lines.append(f"{recipe}: {latency:.3f} s, {quality}{'' if ok else ': out'}")
         if ok:
             passing.append((latency, recipe))
@@ -117,8 +124,14 @@ def _throughput_pick(sweep: "ThroughputResult", budget_gb: float | None) -> tupl
     if best is None:
         return None, [f"the batch sweep ({sweep.model}, {sweep.recipe}) has no batch within "
                       f"{'the budget' if budget_mb else 'its runs'}"]
+    from .throughput import batch_gain
+
     single = next((p for p in sweep.ok() if p.images == 1), None)
-    gain = f", {best.images_per_s / single.images_per_s:.2f}x batch 1's {single.images_per_s:.3g}" if single else ""
+    gain = ""
+    if single and best is not single:
+        v = batch_gain(single, best)
+        gain = (f", {v.speedup:.2f}x batch 1's {single.images_per_s:.3g} (interval {v.low:.2f}-{v.high:.2f})"
+                if v.verdict == "faster" else f"; against batch 1: {v.text()}")
     lines = [f"measured batch sweep ({sweep.model}, {sweep.size or 'default'}², {sweep.steps} steps): "
              f"{best.prompts} prompts x {best.images_per_prompt} images per call gave the most throughput, "
              f"{best.images_per_s:.3g} images/s (IQR {best.images_per_s_iqr:.2g}){gain}; "
@@ -189,6 +202,8 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
         reasons = [f"CPU-only branch, measured ({measured.model}, {measured.out}): the fastest recipe within the "
                    f"quality bound, not a fixed rule", *pick[1]]
     else:
+        if measured is not None:
+            reasons += ["CPU-only branch: the measured comparison gives no pick", *measured_pick(measured, max_rel_error)[1]]
         reasons.append("CPU-only branch, unmeasured: the seed's GGUF is outside diffusers; its ONNX Runtime (and "
                        "OpenVINO) are recipes here (onnxruntime-denoiser, openvino-denoiser) whose gain depends on "
                        "the CPU, so this fixed rule uses precision, layout, compile and fewer steps; measure them "

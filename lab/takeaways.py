@@ -261,9 +261,14 @@ def throughput(sweep) -> str:
     best = sweep.best()
     if best is None:
         return "- No batch size of the sweep ran: no throughput to report."
+    from .throughput import batch_gain
+
     single = next((p for p in sweep.ok() if p.images == 1), None)
-    versus = (f", {best.images_per_s / single.images_per_s:.2f}× one image per call"
-              if single and best is not single else "")
+    versus = ""
+    if single and best is not single:  # a gain is stated only with a verdict that it is one
+        v = batch_gain(single, best)
+        versus = (f", {v.speedup:.2f}× one image per call per image (interval {v.low:.2f}–{v.high:.2f})"
+                  if v.verdict == "faster" else f"; against one image per call: {v.text()}")
     return (f"- Throughput: **{best.prompts} prompts × {best.images_per_prompt} images** per call gave the most, "
             f"{best.images_per_s:.3g} images/s (IQR {best.images_per_s_iqr:.2g}){versus}, at "
             f"{best.latency.median:.2f} s per call and {best.peak_mem_mb:.0f} MiB peak.")

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from ._checks import LabError, positive_int
 from .cases import Case
+from .host import HostLoad, HostWatch
 from .results import Record
-from .stats import Latency, _quantile
+from .stats import Latency, Verdict, _quantile, judge
 
 MB = 2**20
 STATUSES = ("ok", "oom", "error", "skipped")
@@ -38,6 +39,7 @@ class BatchPoint(Record):
     peak_mem_mb: float | None = None  # weights + what a call adds over the RSS before it (CUDA: peak allocated)
     peak_rss_mb: float | None = None
     first_call_s: float | None = None
+    host: HostLoad | None = None  # what else the host did during the timed calls (lab.host)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -46,6 +48,17 @@ class BatchPoint(Record):
     @property
     def images(self) -> int:
         return self.prompts * self.images_per_prompt
+
+    def per_image(self) -> Latency:
+        """Seconds per image of each timed call (its latency ÷ the images it made)."""
+        values = self.latency.values or [self.latency.min, self.latency.median, self.latency.max]
+        return Latency.from_values([v / self.images for v in values])
+
+
+def batch_gain(single: BatchPoint, batched: BatchPoint) -> Verdict:
+    """Whether ``batched`` makes images distinguishably faster than ``single`` (per image, ``lab.stats.judge``)."""
+    busy = HostLoad.combine([p.host for p in (single, batched) if p.host and p.host.busy])
+    return judge([(single.per_image(), batched.per_image())], busy="; ".join(busy.reasons) if busy else "")
 
 
 @dataclass
@@ -158,30 +171,33 @@ def _measure(pipe, kwargs: dict, images: int, seed: int, device: str, warmup: in
     from .env import synchronize
     from .memory import cuda_peaks, flush, model_peak_mb, peak_rss_bytes
 
-    proc, seconds, peaks, first, rss_before = psutil.Process(), [], [], None, None
+    proc, seconds, peaks, first, rss_before, watches = psutil.Process(), [], [], None, None, []
     for i in range(warmup + repeats):
         flush(device)
         if i == warmup:
             rss_before = proc.memory_info().rss
         generator = torch.Generator("cpu").manual_seed(seed)
         synchronize(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = pipe(generator=generator, output_type="pil", **kwargs)
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+        with HostWatch() as watch:
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = pipe(generator=generator, output_type="pil", **kwargs)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
         if len(out.images) != images:
             raise RuntimeError(f"the call returned {len(out.images)} images, {images} expected")
         if i == 0:
             first = elapsed
         if i >= warmup:
             seconds.append(elapsed)
+            watches.append(watch.load)
             peaks.append((peak_rss_bytes(), cuda_peaks(device)[0]))
     rate, rate_iqr = _spread([images / s for s in seconds])
     cuda = [c for _, c in peaks if c is not None]
     peak_rss = max(r for r, _ in peaks) / MB
     return BatchPoint(prompts=0, images_per_prompt=0, status="ok", latency=Latency.from_values(seconds),
                       images_per_s=rate, images_per_s_iqr=rate_iqr, peak_rss_mb=peak_rss, first_call_s=first,
+                      host=HostLoad.combine(watches),
                       peak_mem_mb=model_peak_mb(weights, peak_rss, rss_before / MB,
                                                 max(cuda) / MB if cuda else None))
 
