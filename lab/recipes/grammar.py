@@ -11,13 +11,13 @@ from typing import Any
 from .._checks import LabError
 from ..denoiser import ModelKind
 from ..env import RecipeEnv
-from . import attention, compile, layout, memory, precision, quantization, schedulers
+from . import attention, caches, compile, layout, memory, precision, quantization, schedulers
 from .base import Recipe
 
 # One module per family: each holds its recipes and the combinations it cannot take part in.
-FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory)
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, caches)
 ORDER = {"precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40, "scheduler": 50,
-         "steps": 55, "caching": 58, "memory": 60, "compile": 70}
+         "steps": 55, "cache": 57, "caching": 58, "memory": 60, "compile": 70}
 INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
 
 
@@ -32,7 +32,10 @@ def get(name: str) -> Recipe:
         return _catalog()[name]
     if (recipe := schedulers.parametric(name)) is not None:
         return recipe
-    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC), n=4, cutoff=0.6)
+    if (recipe := caches.parametric(name)) is not None:  # a cache at another setting (a bad one is refused)
+        return recipe
+    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC) + list(caches.PARAMETRIC),
+                                      n=4, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise LabError(f"unknown recipe {name!r}.{hint} See lab.recipes.catalog() for all {len(_catalog())} names.")
 
@@ -128,6 +131,9 @@ def catalog(env: RecipeEnv | None = None):
             for r in _catalog().values()]
     rows += [{"name": name, "family": "steps", "description": text, "needs": ""}
              for name, text in schedulers.PARAMETRIC.items()]
+    rows += [{"name": name, "family": "cache", "description": text,
+              "needs": "a CacheMixin denoiser (FLUX.1, ...)" if caches.SPECS[name.rsplit("-", 1)[0]].mixin else ""}
+             for name, text in caches.PARAMETRIC.items()]
     if env is not None:
         for row in rows:
             recipe = _catalog().get(row["name"])
