@@ -225,7 +225,8 @@ class Comparison(Record):
         if self.random_weights:
             table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
                       "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
-                      "lab.fidelity) instead.")
+                      "lab.fidelity) and trajectory_rel_err (the final latent against the baseline's, "
+                      "lab.trajectory) instead.")
         return table
 
     def per_case(self):

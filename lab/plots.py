@@ -473,3 +473,22 @@ def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
     ax.set_ylabel("adherence (1 = matches the prompt)")
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
+
+
+def plot_trajectory_drift(comparison, *, path: str | os.PathLike | None = None):
+    """Each recipe's drift from the baseline's latents, step by step (its worst run; ``lab.trajectory``)."""
+    from .trajectory import drift_frame
+
+    frame = drift_frame(comparison)
+    fig, ax = _figure()
+    for recipe in (c for c in frame.columns if c != comparison.baseline):
+        ax.plot(frame.index, frame[recipe], marker="o", markersize=3, label=wrap_label(recipe, 28))
+    if frame.empty or len(frame.columns) <= 1:
+        ax.text(0.5, 0.5, "no trajectories to compare\n(the baseline's, or a recipe's, is missing)",
+                ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("relative L2 error of the latents")
+    ax.set_title(f"Drift from {wrap_label(comparison.baseline, 30)}'s trajectory")
+    return _save(fig, path)
