@@ -180,6 +180,6 @@ class RecipeEnv:
         if device.startswith("cuda"):
             cap = torch.cuda.get_device_capability(torch.device(device))
             mem = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-        optional = ("xformers", "torchao", "bitsandbytes", "optimum.quanto")
+        optional = ("xformers", "torchao", "bitsandbytes", "optimum.quanto", "DeepCache")
         found = frozenset(p for p in optional if importlib.util.find_spec(p.split(".")[0]) is not None)
         return cls(device=device, cuda_capability=cap, cuda_memory_gb=mem, packages=found, cpu_flags=cpu_flags())

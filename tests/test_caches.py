@@ -53,14 +53,20 @@ def test_caches_needing_a_cache_mixin_are_refused_on_a_unet_with_the_reason():
         assert why and "CacheMixin" in why and "UNet2DConditionModel" in why
         assert get(name).fits(flux) is None
     assert get("pab-2").fits(unet) is None
+    assert get("deepcache-3").fits(unet) is None and "UNet" in get("deepcache-3").fits(flux)
+    no_package = lab.RecipeEnv(device="cpu")
+    assert "pip install DeepCache" in get("deepcache-3").check(no_package)
     assert lab.recipes.fitting(["first-block-cache-0.1", "pab-2"], "tiny") == ["pab-2"]
 
 
-def test_pab_on_the_unet_skips_attention_and_resets_between_calls():
+@pytest.mark.parametrize("recipe", ["pab-2", "deepcache-3"])
+def test_unet_caches_skip_attention_and_reset_between_calls(recipe):
     import torch
 
+    if why := get(recipe).check(lab.RecipeEnv.detect("cpu")):
+        pytest.skip(why)
     pipe = lab.load_pipeline("tiny", device="cpu")
-    parse("pab-2").apply(pipe)
+    parse(recipe).apply(pipe)
     units = sum(1 for m in pipe.unet.modules() if type(m).__name__ == "Attention")
     counts = []
     for _ in range(2):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .._checks import LabError
-from .base import Fit, Recipe
+from .base import Check, Fit, Recipe, all_fits, needs_denoiser, needs_package
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class CacheSpec:
     mixin: bool  # needs a CacheMixin denoiser (enable_cache)
     about: str
     apply: Callable[..., None]
+    fit: Fit | None = None  # besides the CacheMixin need
+    check: Check | None = None
+    needs: str = ""
 
     def allowed(self) -> str:
         return (f"an integer from {self.low:g} to {self.high:g}" if self.integer
@@ -120,6 +123,14 @@ def _pab(pipe, cases, value):
         current_timestep_callback=lambda: seen.get("t", 1000.0)))
 
 
+def _deepcache(pipe, cases, value):
+    from DeepCache import DeepCacheSDHelper
+
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=int(value), cache_branch_id=0)
+    helper.enable()  # the wrapped forwards hold the helper: it lives as long as the UNet
+
+
 def _mag_cache(pipe, cases, value):
     """MagCache with its magnitude ratios calibrated here: diffusers' calibration mode run on the prompt set."""
     import torch
@@ -172,6 +183,11 @@ SPECS: dict[str, CacheSpec] = {s.prefix: s for s in (
               "threshold; magnitude ratios calibrated on the prompt set", _mag_cache),
     CacheSpec("faster-cache", "attention skip range", True, 2, 50, 2, True,
               "FasterCache: attention outputs reused for N-1 of every N steps, extrapolated from the last two", _faster),
+    CacheSpec("deepcache", "cache interval", True, 2, 50, 3, False,
+              "DeepCache (the DeepCache package): a UNet's deep blocks computed every N steps, their features reused "
+              "in between (only the shallowest branch runs)", _deepcache,
+              fit=needs_denoiser("unet", "DeepCache wraps a UNet's down, mid and up blocks"),
+              check=needs_package("DeepCache", "pip install DeepCache"), needs="DeepCache, a UNet"),
     CacheSpec("pab", "attention skip range", True, 2, 50, 2, False,
               "Pyramid Attention Broadcast: attention outputs broadcast (reused) for N-1 of every N steps in the "
               "middle of the schedule (UNet too, through diffusers' hook)", _pab),
@@ -194,9 +210,10 @@ def _needs_mixin(spec: CacheSpec) -> Fit:
 def recipe(spec: CacheSpec, value: float) -> Recipe:
     """The recipe of cache ``spec`` at setting ``value``."""
     name = spec.name(value)
-    needs = "a CacheMixin denoiser (FLUX.1, ...)" if spec.mixin else ""
+    needs = "a CacheMixin denoiser (FLUX.1, ...)" if spec.mixin else spec.needs
     return Recipe(name, f"{spec.about} ({spec.setting} {value:g})", "cache", needs, slots=("cache",),
-                  apply_fn=lambda pipe, cases: spec.apply(pipe, cases, value), fit_fn=_needs_mixin(spec))
+                  apply_fn=lambda pipe, cases: spec.apply(pipe, cases, value), check_fn=spec.check,
+                  fit_fn=all_fits(_needs_mixin(spec), spec.fit))
 
 
 def parametric(name: str) -> Recipe | None:

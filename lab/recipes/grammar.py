@@ -132,8 +132,8 @@ def catalog(env: RecipeEnv | None = None):
     rows += [{"name": name, "family": "steps", "description": text, "needs": ""}
              for name, text in schedulers.PARAMETRIC.items()]
     rows += [{"name": name, "family": "cache", "description": text,
-              "needs": "a CacheMixin denoiser (FLUX.1, ...)" if caches.SPECS[name.rsplit("-", 1)[0]].mixin else ""}
-             for name, text in caches.PARAMETRIC.items()]
+              "needs": caches.recipe(spec, spec.default).needs}
+             for (name, text), spec in zip(caches.PARAMETRIC.items(), caches.SPECS.values())]
     if env is not None:
         for row in rows:
             recipe = _catalog().get(row["name"])
