@@ -119,6 +119,37 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
     if model is not None:
         parts, notes = fit_to_model(parts, model_kind(model))
         reasons += notes
+        cache, why = cache_advice(priority, model_kind(model), parts)
+        parts += [cache] if cache else []
+        reasons.append(why)
     text = "+".join(parts)
     plan = parse(text)
     return Recommendation(recipe=text, reasons=reasons, not_applicable=plan.check(env))
+
+
+# The cache taken where speed comes first, by what the denoiser takes. Measured on tiny-flux (CPU, 28 steps,
+# docs/benchmarks.md "Caches"): see CACHE_EVIDENCE; a UNet takes PAB through diffusers' hook.
+CACHE_PICK = {"cache_mixin": "mag-cache-0.1", "unet": "pab-2"}
+CACHE_EVIDENCE = ("on tiny-flux (CPU, 28 steps) mag-cache-0.1 skipped about a third of the block evaluations and kept "
+                  "held-out adherence within 0.03 of the uncached pipeline (docs/benchmarks.md, Caches)")
+MIN_CACHE_STEPS = 16  # below this a cache has few steps to reuse, and each reused step is a larger share of them
+
+
+def cache_advice(priority: str, kind, parts: list[str]) -> tuple[str | None, str]:
+    """Whether a cache is worth its quality cost for ``priority`` on a model of ``kind``: the cache and why."""
+    if kind is None:
+        return None, "no cache: which one fits is known once the model is (a hub id is read when it loads)"
+    if priority != "speed":
+        return None, (f"no cache: a cache changes the image by reusing earlier steps' work (trajectory drift), which "
+                      f"priority '{priority}' does not trade; priority 'speed' takes one where it pays "
+                      f"({CACHE_EVIDENCE})")
+    steps = next((int(p.split("-")[1]) for p in parts if p.startswith("steps-")), None)
+    if steps is not None and steps < MIN_CACHE_STEPS:
+        return None, (f"no cache: with {steps} steps a cache has little to reuse (it pays from about "
+                      f"{MIN_CACHE_STEPS} steps); fewer steps already took that saving")
+    pick = CACHE_PICK["cache_mixin"] if kind.cache else CACHE_PICK["unet"] if kind.denoiser == "unet" else None
+    if pick is None:
+        return None, f"no cache: {kind.denoiser_class} is not a diffusers CacheMixin and is not a UNet"
+    return pick, f"{pick}: {CACHE_EVIDENCE}" if kind.cache else (
+        f"{pick}: Pyramid Attention Broadcast reuses attention outputs on the UNet through diffusers' hook; check its "
+        "cost with lab.evaluate (trajectory and adherence) before keeping it")

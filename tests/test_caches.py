@@ -137,3 +137,15 @@ def test_quality_gate_judges_random_weights_by_the_trajectory(cache_run):
     assert loose.passed and not strict.passed
     assert {i.judged_by for i in loose.images} == {"trajectory"}
     assert {i.judged_by for i in evaluate(cache_run).images} == {"ssim"}
+
+
+def test_recommender_takes_a_cache_only_where_it_pays():
+    from lab.presets import CACHE_PICK, recommend
+
+    gpu = lab.RecipeEnv(device="cuda", cuda_capability=(9, 0), cuda_memory_gb=80.0)
+    fast = recommend(gpu, "speed", model="tiny-flux")
+    assert CACHE_PICK["cache_mixin"] in fast.recipe.split("+") and parse(fast.recipe)
+    careful = recommend(gpu, "quality", model="tiny-flux")
+    assert not caches.is_cache(parse(careful.recipe)) and any("no cache" in r for r in careful.reasons)
+    few_steps = recommend(lab.RecipeEnv(device="cpu"), "speed", model="tiny-flux")  # the CPU branch takes 12 steps
+    assert not caches.is_cache(parse(few_steps.recipe)) and any("12 steps" in r for r in few_steps.reasons)
