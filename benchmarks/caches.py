@@ -80,8 +80,13 @@ def main() -> None:
     parser.add_argument("--recipes", type=lambda v: v.split(","), default=None,
                         help="comma-separated, the baseline first (default: the model's cache sweep)")
     parser.add_argument("--pairs", type=int, default=5, help="alternated baseline/recipe calls per recipe (0: none)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine two threads each spin-wait ~10x slower)")
     parser.add_argument("--out", default=None, help="default: runs/caches-<model>")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     recipes = lab.recipes.fitting(args.recipes or RECIPES.get(args.model, RECIPES["tiny-flux"]), args.model)
     out = Path(args.out or ROOT / "runs" / f"caches-{args.model}")
     cases = [c.with_overrides(steps=args.steps)
@@ -114,10 +119,12 @@ def main() -> None:
         table["adherence_drop"] = scores.get(recipes[0], float("nan")) - table["adherence"]
     load_after = os.getloadavg()
     info = {"command": " ".join(["python", *sys.argv]), "model": args.model, "steps": args.steps,
+            "threads": torch.get_num_threads(),
             "load_average_before": load_before, "load_average_after": load_after,
             "seconds": round(time.perf_counter() - t0, 1), "table": json.loads(table.to_json(orient="index"))}
     (out / "caches.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    print(f"\n{info['command']}\nload average before {load_before}, after {load_after}; {info['seconds']} s\n")
+    print(f"\n{info['command']}\nload average before {load_before}, after {load_after}; {info['seconds']} s; "
+          f"{info['threads']} torch thread(s)\n")
     print(table.round(4).to_markdown())
 
 

@@ -37,7 +37,7 @@ _CORE = {
     "prompt_complexity": "adaptive", "generate_with_fallback": "fallback", "hires_fix": "hires",
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "ladder", "lora", "mixed", "plots",
-            "presets", "recipes", "shapes", "takeaways", "training", "widgets", "workflows")
+            "presets", "recipes", "shapes", "takeaways", "training", "trajectory", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .prepare import Prepared, load_pipeline, prepare
     from .schedulers import scheduler_names, set_scheduler
     from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, ladder, lora, mixed, plots, presets,
-                   recipes, shapes, takeaways, training, widgets, workflows)
+                   recipes, shapes, takeaways, training, trajectory, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative

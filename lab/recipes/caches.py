@@ -84,13 +84,16 @@ def _taylorseer(pipe, cases, value):
 def _faster(pipe, cases, value):
     from diffusers.hooks import FasterCacheConfig
 
+    from .._quiet import quiet_diffusers
     from ..denoiser import denoiser
 
     # Flux and SD3 run classifier-free guidance (if at all) as separate calls, never as one doubled batch,
     # so FasterCache's unconditional-batch skipping does not apply: only its attention reuse does
-    denoiser(pipe).enable_cache(FasterCacheConfig(
+    config = FasterCacheConfig(
         spatial_attention_block_skip_range=int(value), spatial_attention_timestep_skip_range=(-1, 901),
-        current_timestep_callback=_timestep_of(pipe), is_guidance_distilled=True, tensor_format="BCHW"))
+        current_timestep_callback=_timestep_of(pipe), is_guidance_distilled=True, tensor_format="BCHW")
+    with quiet_diffusers():  # "FasterCache is a purely experimental feature", "no attention_weight_callback"
+        denoiser(pipe).enable_cache(config)
 
 
 def _pab(pipe, cases, value):
