@@ -631,7 +631,8 @@ class _Sweep:
                 atomic_write_bytes(path, latents)
                 reference = inside(self.out, "trajectory", slug(self.baseline), f"{name}.safetensors")
                 if reference.exists():
-                    record.trajectory = Trajectory.between(load_latents(path), load_latents(reference))
+                    with contextlib.suppress(ValueError):  # another shape (an older baseline's): no trajectory
+                        record.trajectory = Trajectory.between(load_latents(path), load_latents(reference))
             if (update := measured.update_bytes()) is not None:
                 path = inside(self.out, "fidelity", slug(record.recipe), f"{name}.safetensors")
                 path.parent.mkdir(parents=True, exist_ok=True)
