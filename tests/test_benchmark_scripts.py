@@ -130,6 +130,9 @@ def test_gpu_check_smoke(tmp_path):
     assert flux.model == "tiny-flux" and flux.baseline == "bf16+sdpa" and flux.rungs[0].speedup == 1.0
     assert all(r.status == "ok" and r.denoiser_ms_per_step > 0 for r in flux.rungs) and flux.batch == 1
     assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
+    cached = [r for r in flux.rungs if "first-block-cache" in r.recipe]  # the cache rung, with its trajectory
+    assert cached and all(r.trajectory_rel_error is not None and r.cache_skipped is not None for r in cached)
+    assert any("pab-2" in r.recipe for r in lab.ladder.LadderResult.load(check.ladders["sdxl"]["json"]).rungs)
     assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")
 
