@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	else \
 		echo "no CUDA: installing CPU $(TORCH_SPEC)"; $(PY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install -e ".[test,slurm,ray,browser,gpu,quant,runtimes]"
+	$(PY) -m pip install -e ".[test,slurm,ray,browser,gpu,quant,runtimes,caches]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -40,7 +40,7 @@ _CORE = {
 }
 _MODULES = ("adaptive", "denoiser", "executors", "fidelity", "flops", "gpucheck", "host", "hotswap", "ladder",
             "loadtime", "lora", "mixed", "plots", "power", "presets", "recipes", "runtimes", "shapes", "takeaways",
-            "threads", "throughput", "training", "widgets", "workflows")
+            "threads", "throughput", "training", "trajectory", "widgets", "workflows")
 _API = {**_CORE, **{name: None for name in _MODULES}}
 
 __all__ = sorted(_API)
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .schedulers import scheduler_names, set_scheduler
     from . import (adaptive, denoiser, executors, fidelity, flops, gpucheck, host, hotswap, ladder, loadtime, lora,
                    mixed, plots, power, presets, recipes, runtimes, shapes, takeaways, threads, throughput, training,
-                   widgets, workflows)
+                   trajectory, widgets, workflows)
     from .adaptive import AdaptivePolicy, adapt, prompt_complexity
     from .cache import CacheKey, ResultCache
     from .cases import negative_prompt, with_negative

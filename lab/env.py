@@ -181,6 +181,6 @@ class RecipeEnv:
             cap = torch.cuda.get_device_capability(torch.device(device))
             mem = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
         optional = ("xformers", "torchao", "bitsandbytes", "optimum.quanto", "flash_attn", "flash_attn_3",
-                    "sageattention", "kernels", "gguf", "openvino", "onnxruntime", "onnx")
+                    "sageattention", "kernels", "gguf", "openvino", "onnxruntime", "onnx", "DeepCache")
         found = frozenset(p for p in optional if importlib.util.find_spec(p.split(".")[0]) is not None)
         return cls(device=device, cuda_capability=cap, cuda_memory_gb=mem, packages=found, cpu_flags=cpu_flags())

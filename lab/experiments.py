@@ -31,6 +31,7 @@ from .memory import model_peak_mb
 from .paths import LOCK, file_stem, inside, run_lock, short_hash  # noqa: F401 - LOCK, run_lock: their old home
 from .results import Record, atomic_write_text
 from .stats import Latency, Verdict, judge
+from .trajectory import Trajectory
 
 if TYPE_CHECKING:
     from .executors import ExecutorConfig
@@ -40,7 +41,7 @@ RESULTS_LIMIT = 1024 * 2**20  # bytes: a million runs' lines; beyond it the file
 META = "comparison.json"
 # what a notebook or report shows by default: one screen wide
 SUMMARY_COLUMNS = ("status", "latency_s", "latency_iqr_s", "speedup", "verdict", "peak_mem_mb", "weight_mb", "ssim",
-                   "psnr", "fidelity_rel_err", "outliers", "host", "reason")
+                   "psnr", "fidelity_rel_err", "trajectory_rel_err", "cache_skipped", "outliers", "host", "reason")
 DONE = ("ok", "skipped")
 STATUSES = ("ok", "error", "oom", "skipped")
 
@@ -84,6 +85,8 @@ class RunRecord(Record):
     recheck: bool = False  # the baseline measured again at the end of a sweep: a drift check, not a result
     energy: Energy | None = None  # joules per image and mean watts of the measured calls (lab.power), or why not
     threads: dict | None = None  # CPU threads in effect while measuring: {"intra_op": n, "inter_op": m}
+    trajectory: Trajectory | None = None  # every step's latents against the baseline's (lab.trajectory)
+    cache_skips: dict | None = None  # a cache's denoiser calls, block/attention evaluations computed and skipped
 
     def __post_init__(self) -> None:
         # what a resume and a report rely on; a line that breaks it is set aside by Comparison.load
@@ -162,6 +165,8 @@ class Comparison(Record):
         """
         import pandas as pd
 
+        from .recipes.caches import skipped_fraction
+
         base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
         rows = []
         for recipe in dict.fromkeys(r.recipe for r in self.records):
@@ -204,6 +209,15 @@ class Comparison(Record):
                 if fidelity:  # the worst run: a recipe is as faithful as its least faithful image
                     row.update(fidelity_cos=min(f.cosine for f in fidelity),
                                fidelity_rel_err=max(f.rel_error for f in fidelity))
+                trajectories = [r.trajectory for r in ok if r.trajectory is not None]
+                if trajectories:  # the worst run again, at the end of the trajectory and at any step
+                    row.update(trajectory_rel_err=max(t.final_rel_error for t in trajectories),
+                               trajectory_max_drift=max(t.max_drift for t in trajectories))
+                skips = [f for r in ok if (f := skipped_fraction(r.cache_skips)) is not None]
+                if skips:
+                    row.update(cache_skipped=statistics.fmean(skips),
+                               cache_calls=statistics.fmean(r.cache_skips["denoiser_calls"] for r in ok
+                                                            if r.cache_skips))
             else:
                 row["reason"] = next((r.error for r in runs if r.error), "")
             rows.append(row)
@@ -283,7 +297,8 @@ class Comparison(Record):
         if self.random_weights:
             table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
                       "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
-                      "lab.fidelity) instead.")
+                      "lab.fidelity) and trajectory_rel_err (the final latent against the baseline's, "
+                      "lab.trajectory) instead.")
         return table
 
     def per_case(self):
@@ -685,6 +700,7 @@ class _Sweep:
         """The parent's part of a run: its image and update written, SSIM/PSNR/fidelity against the baseline's."""
         from .fidelity import load_update
         from .quality import psnr, ssim
+        from .trajectory import load_latents
         from .results import atomic_write_bytes
 
         for measured in outcome.runs:
@@ -702,6 +718,14 @@ class _Sweep:
                 reference = inside(self.out, "images", slug(self.baseline), f"{name}.png")
                 if reference.exists():
                     record.ssim, record.psnr = ssim(image, reference), psnr(image, reference)
+            if (latents := measured.trajectory_bytes()) is not None:
+                path = inside(self.out, "trajectory", slug(record.recipe), f"{name}.safetensors")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, latents)
+                reference = inside(self.out, "trajectory", slug(self.baseline), f"{name}.safetensors")
+                if reference.exists():
+                    with contextlib.suppress(ValueError):  # another shape (an older baseline's): no trajectory
+                        record.trajectory = Trajectory.between(load_latents(path), load_latents(reference))
             if (update := measured.update_bytes()) is not None:
                 path = inside(self.out, "fidelity", slug(record.recipe), f"{name}.safetensors")
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,8 @@ class Rung(Record):
     fidelity_cosine: float | None = None
     fidelity_rel_error: float | None = None
     fewer_steps: bool = False
+    trajectory_rel_error: float | None = None  # the final latent against the first rung's (lab.trajectory)
+    cache_skipped: float | None = None  # share of block/attention evaluations a cache skipped
 
     renamed = {"unet_ms_per_step": "denoiser_ms_per_step", "unet_tflops": "denoiser_tflops"}
 
@@ -115,6 +117,9 @@ class LadderResult(Record):
                 "peak_mem_mb", "ssim", "fidelity_cosine", "status"]
         rows = [{"rung": r.label, **{c: getattr(r, c) for c in cols[1:]}} for r in self.rungs]
         frame = pd.DataFrame(rows, columns=cols).set_index("rung")
+        for extra in ("cache_skipped", "trajectory_rel_error"):  # rungs with a cache (issue 19)
+            if any(getattr(r, extra) is not None for r in self.rungs):
+                frame.insert(len(frame.columns) - 1, extra, [getattr(r, extra) for r in self.rungs])
         if not self.ssim_meaningful:
             frame = frame.drop(columns="ssim")
         return frame
@@ -208,6 +213,8 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
     del pipe
     given = peaks or {}
     peaks = {dt: given.get(dt) or measure_peak(env.device, dt) for dt in dict.fromkeys(_dtype(r) for _, r in ladder)}
+    from .recipes.caches import skipped_fraction
+
     base = cmp.record(ladder[0][1], case.name)
     result_rungs, over = [], []
     for label, recipe in ladder:
@@ -229,6 +236,9 @@ def run_ladder(model: str = "sd15-arch", *, size: int = 256, steps: int = 4, rep
             rung.ssim = rec.ssim
             if rec.fidelity is not None:
                 rung.fidelity_cosine, rung.fidelity_rel_error = rec.fidelity.cosine, rec.fidelity.rel_error
+            if rec.trajectory is not None:
+                rung.trajectory_rel_error = rec.trajectory.final_rel_error
+            rung.cache_skipped = skipped_fraction(rec.cache_skips)
         result_rungs.append(rung)
     notes = []
     random_weights = cmp.random_weights

@@ -562,6 +562,9 @@ def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
     ax.set_ylabel("seconds per call")
     ax.set_title(f"Thread scaling: {scaling.model} ({scaling.cores} cores)")
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot_throughput(result, *, path: str | os.PathLike | None = None):
     """Images per second against latency per call, one point per batch size (IQR bars on both axes)."""
     points = result.ok()
@@ -575,4 +578,23 @@ def plot_throughput(result, *, path: str | os.PathLike | None = None):
     ax.set_xlabel("seconds per call (median, IQR)")
     ax.set_ylabel("images per second")
     ax.set_title(f"Throughput against latency: {result.model} (prompts × images per prompt)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_trajectory_drift(comparison, *, path: str | os.PathLike | None = None):
+    """Each recipe's drift from the baseline's latents, step by step (its worst run; ``lab.trajectory``)."""
+    from .trajectory import drift_frame
+
+    frame = drift_frame(comparison)
+    fig, ax = _figure()
+    for recipe in (c for c in frame.columns if c != comparison.baseline):
+        ax.plot(frame.index, frame[recipe], marker="o", markersize=3, label=wrap_label(recipe, 28))
+    if frame.empty or len(frame.columns) <= 1:
+        ax.text(0.5, 0.5, "no trajectories to compare\n(the baseline's, or a recipe's, is missing)",
+                ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("relative L2 error of the latents")
+    ax.set_title(f"Drift from {wrap_label(comparison.baseline, 30)}'s trajectory")
     return _save(fig, path)

@@ -45,6 +45,8 @@ class QualityThresholds(Record):
     ssim_min: float = 0.85
     psnr_min: float = 25.0
     adherence_drop_max: float | None = 0.1  # shape scenes: fail when adherence falls this far below the baseline
+    # random weights, where SSIM cannot judge: the final latent's relative error against the baseline's (lab.trajectory)
+    trajectory_rel_err_max: float | None = 0.1
 
     def passes(self, ssim_value: float, psnr_value: float, adherence_drop: float | None = None) -> bool:
         ok = ssim_value > self.ssim_min and psnr_value > self.psnr_min
@@ -157,6 +159,8 @@ class ImageQuality(Record):
     passed: bool
     adherence: float | None = None  # shape-scene prompts only
     baseline_adherence: float | None = None
+    trajectory_rel_err: float | None = None  # final latent against the baseline's (lab.trajectory)
+    judged_by: str = "ssim"  # "ssim" (SSIM, PSNR and adherence) | "trajectory" (random weights: SSIM cannot judge)
 
 
 @dataclass
@@ -181,6 +185,8 @@ class QualityReport(Record):
         extra = {}
         if frame["adherence"].notna().any():
             extra = dict(adherence=("adherence", "mean"), baseline_adherence=("baseline_adherence", "mean"))
+        if "trajectory_rel_err" in frame and frame["trajectory_rel_err"].notna().any():
+            extra["max_trajectory_rel_err"] = ("trajectory_rel_err", "max")
         out = frame.groupby("recipe", sort=False).agg(
             images=("passed", "size"), mean_ssim=("ssim", "mean"), min_ssim=("ssim", "min"),
             min_ssim_luma=("ssim_luma", "min"), min_psnr=("psnr", "min"), **extra, pass_rate=("passed", "mean"))
@@ -201,7 +207,9 @@ class QualityReport(Record):
 
 def evaluate(comparison, thresholds: QualityThresholds | None = None) -> QualityReport:
     """Apply the quality gate to every successful run of a comparison (baseline images excluded); for
-    shape-scene prompts, adherence to the prompt as well."""
+    shape-scene prompts, adherence to the prompt as well. On a random-weight model, where image SSIM cannot
+    judge (the trajectories diverge), a run passes when its final latent is within
+    ``trajectory_rel_err_max`` of the baseline's (``lab.trajectory``); without a trajectory it fails."""
     from pathlib import Path
 
     thresholds = thresholds or QualityThresholds()
@@ -215,5 +223,11 @@ def evaluate(comparison, thresholds: QualityThresholds | None = None) -> Quality
         s, s_luma, p = ssim(img, ref_img), ssim(img, ref_img, channel="luma"), psnr(img, ref_img)
         adh, base_adh = _adherence_or_none(img, r.prompt), _adherence_or_none(ref_img, ref.prompt)
         drop = base_adh - adh if adh is not None and base_adh is not None else None
-        rows.append(ImageQuality(r.recipe, r.case, r.seed, s, s_luma, p, thresholds.passes(s, p, drop), adh, base_adh))
+        traj = r.trajectory.final_rel_error if getattr(r, "trajectory", None) is not None else None
+        if comparison.random_weights and thresholds.trajectory_rel_err_max is not None:
+            passed = traj is not None and traj <= thresholds.trajectory_rel_err_max
+            rows.append(ImageQuality(r.recipe, r.case, r.seed, s, s_luma, p, passed, adh, base_adh, traj, "trajectory"))
+        else:
+            rows.append(ImageQuality(r.recipe, r.case, r.seed, s, s_luma, p, thresholds.passes(s, p, drop), adh,
+                                     base_adh, traj))
     return QualityReport(comparison.baseline, thresholds, rows, optional_metrics())

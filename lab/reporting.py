@@ -15,8 +15,9 @@ from .results import atomic_write_text
 
 
 RANDOM_WEIGHTS = ("{model} has random weights: its images' SSIM and PSNR against the baseline mean nothing (the "
-                  "trajectories diverge), so the quality gate cannot judge a recipe here; read `fidelity_rel_err` "
-                  "(the first denoising step against the baseline's) in the recipe table instead.")
+                  "trajectories diverge), so the quality gate judges a recipe by its final latent against the "
+                  "baseline's instead (`trajectory_rel_err`, lab.trajectory); `fidelity_rel_err` (the first "
+                  "denoising step against the baseline's) is in the recipe table too.")
 
 
 def choose(comparison, quality: QualityReport) -> str:

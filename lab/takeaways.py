@@ -67,6 +67,9 @@ def _calls(calls: int, steps: int) -> str:
 
 def _said(verdict) -> str:
     return f"{_pct(verdict.speedup)}, interval {verdict.low:.2f}–{verdict.high:.2f}×"
+def _present(value) -> bool:
+    """A number that is there (not None, not NaN)."""
+    return value is not None and value == value
 
 
 def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> str:
@@ -115,6 +118,12 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
         worst = ok["ssim"].idxmin()
         lines.append(f"- Pictures moved most with `{worst}` (SSIM {ok.loc[worst, 'ssim']:.3f} against `{base}`); "
                      f"{int((ok['ssim'] > 0.99).sum())} of {len(ok)} recipes kept SSIM above 0.99.")
+    if "cache_skipped" in ok and ok["cache_skipped"].notna().any():
+        cached = ok[ok["cache_skipped"].notna()]
+        lines.append("- Caches: " + "; ".join(
+            f"`{n}` skipped {row['cache_skipped']:.0%} of its evaluations ({_pct(row['speedup'])} speed"
+            + (f", final latent {row['trajectory_rel_err']:.1%} off `{base}`'s)" if _present(row.get("trajectory_rel_err"))
+               else ")") for n, row in cached.iterrows()) + ".")
     skipped = frame[frame.get("ok", 1) == 0] if "ok" in frame else frame.iloc[0:0]
     if not skipped.empty:
         lines.append("- Not run here: " + "; ".join(

@@ -135,6 +135,9 @@ def test_gpu_check_smoke(tmp_path):
     assert all(r.status == "ok" and r.denoiser_ms_per_step > 0 for r in flux.rungs) and flux.batch == 1
     assert flux.rungs[-1].recipe == "bf16+attn-native+layerwise-fp8-denoiser"
     assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
+    cached = [r for r in flux.rungs if "first-block-cache" in r.recipe]  # the cache rung, with its trajectory
+    assert cached and all(r.trajectory_rel_error is not None and r.cache_skipped is not None for r in cached)
+    assert any("pab-2" in r.recipe for r in lab.ladder.LadderResult.load(check.ladders["sdxl"]["json"]).rungs)
     assert "launch-bound" not in check.diagnosis["rules"]  # a CPU profile is never launch-bound
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (smoke, CPU)")
     # energy per image of every rung: from RAPL where this CPU exposes it, else no figure and the reason

@@ -63,12 +63,16 @@ class Measured(Record):
     record: RunRecord
     image_png: str | None = None  # base64 PNG of the run's last image
     update: str | None = None  # base64 safetensors of the first-step update (lab.fidelity)
+    trajectory: str | None = None  # base64 safetensors of every step's latents (lab.trajectory)
 
     def image_bytes(self) -> bytes | None:
         return base64.b64decode(self.image_png) if self.image_png is not None else None
 
     def update_bytes(self) -> bytes | None:
         return base64.b64decode(self.update) if self.update is not None else None
+
+    def trajectory_bytes(self) -> bytes | None:
+        return base64.b64decode(self.trajectory) if self.trajectory is not None else None
 
 
 @dataclass
@@ -163,6 +167,7 @@ def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecor
     record.threads = {"intra_op": result.env.torch_threads, "inter_op": torch.get_num_interop_threads()}
     record.weight_bytes = weight_bytes(pipe)
     measured = Measured(record, image_png=base64.b64encode(Path(c.image).read_bytes()).decode("ascii"))
+    _trajectory(plan, parse(task.baseline), pipe, run_case, measured)
     if why := comparable(plan, parse(task.baseline)):
         record.fidelity_note = why
         return measured
@@ -173,3 +178,28 @@ def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecor
         return measured
     measured.update = base64.b64encode(save({"update": update.contiguous()})).decode("ascii")
     return measured
+
+
+def _trajectory(plan, baseline_plan, pipe, case: Case, measured: Measured) -> None:
+    """One more call from seeded latents: every step's latents (when comparable with the baseline's) and, for a
+    cache, what it computed and skipped; a metric that cannot be taken never fails the run."""
+    import contextlib
+
+    from safetensors.torch import save
+
+    from ..fidelity import comparable
+    from ..recipes.caches import count_evaluations, is_cache
+    from ..trajectory import trajectory_latents
+
+    record = measured.record
+    try:
+        with count_evaluations(pipe) if is_cache(plan) else contextlib.nullcontext() as counts:
+            latents = trajectory_latents(pipe, case)
+    except Exception as err:  # noqa: BLE001
+        note = f"trajectory failed: {type(err).__name__}: {err}"
+        record.fidelity_note = f"{record.fidelity_note}; {note}" if record.fidelity_note else note
+        return
+    if counts is not None:
+        record.cache_skips = counts
+    if comparable(plan, baseline_plan) is None:
+        measured.trajectory = base64.b64encode(save({"latents": latents.contiguous()})).decode("ascii")

@@ -11,14 +11,14 @@ from typing import Any
 from .._checks import LabError
 from ..denoiser import ModelKind
 from ..env import RecipeEnv
-from . import attention, compile, layout, loading, memory, precision, quantization, runtimes, schedulers, threads
+from . import attention, caches, compile, layout, loading, memory, precision, quantization, runtimes, schedulers, threads
 from .base import Recipe
 
 # One module per family: each holds its recipes and the combinations it cannot take part in.
-FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, loading, threads, runtimes)
+FAMILIES = (precision, attention, layout, compile, quantization, schedulers, memory, loading, threads, runtimes, caches)
 # load-time recipes act while the pipeline loads, before anything else; threads are set before any work
 ORDER = {"loading": 1, "threads": 5, "precision": 10, "attention": 20, "fusion": 25, "layout": 30, "quantization": 40,
-         "scheduler": 50, "steps": 55, "caching": 58, "memory": 60, "runtime": 65, "compile": 70}
+         "scheduler": 50, "steps": 55, "cache": 57, "caching": 58, "memory": 60, "runtime": 65, "compile": 70}
 INCOMPATIBLE: dict[frozenset[str], str] = {pair: why for family in FAMILIES for pair, why in family.INCOMPATIBLE.items()}
 
 
@@ -35,7 +35,10 @@ def get(name: str) -> Recipe:
         return recipe
     if (recipe := threads.parametric(name)) is not None:
         return recipe
-    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC) + list(threads.PARAMETRIC),
+    if (recipe := caches.parametric(name)) is not None:  # a cache at another setting (a bad one is refused)
+        return recipe
+    close = difflib.get_close_matches(name, list(_catalog()) + list(schedulers.PARAMETRIC) + list(threads.PARAMETRIC)
+                                      + list(caches.PARAMETRIC),
                                       n=4, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise LabError(f"unknown recipe {name!r}.{hint} See lab.recipes.catalog() for all {len(_catalog())} names.")
@@ -148,6 +151,9 @@ def catalog(env: RecipeEnv | None = None):
              for name, text in schedulers.PARAMETRIC.items()]
     rows += [{"name": name, "family": "threads", "description": text, "needs": "CPU cores"}
              for name, text in threads.PARAMETRIC.items()]
+    rows += [{"name": name, "family": "cache", "description": text,
+              "needs": caches.recipe(spec, spec.default).needs}
+             for (name, text), spec in zip(caches.PARAMETRIC.items(), caches.SPECS.values())]
     if env is not None:
         for row in rows:
             recipe = _catalog().get(row["name"])
