@@ -54,6 +54,10 @@ def main() -> None:
         for hogs in (0, args.hog):
             cmp = _run(model, recipes, case, args, Path(args.out) / f"{model}-{'hog' if hogs else 'quiet'}", hogs)
             v = cmp.verdict(recipes[1])
+            if v is None:  # a run failed: say which and go on
+                errors = "; ".join(f"{r.recipe}: {r.status}" for r in cmp.records if r.status != "ok")
+                print(f"| {model} | {recipes[0]} vs {recipes[1]} | | no result ({errors}) | | |", flush=True)
+                continue
             seen = f"busy ({cmp.busy})" if cmp.busy else "quiet"
             if hogs:
                 seen += f", {hogs} hog process{'es' if hogs > 1 else ''}"
