@@ -235,14 +235,24 @@ class Comparison(Record):
         return "; ".join(busy.reasons) if busy else ""
 
     def verdict(self, recipe: str) -> Verdict | None:
-        """Whether ``recipe``'s speed-up over the baseline can be believed (``lab.stats.judge``); None if unmatched."""
+        """Whether ``recipe``'s speed-up over the baseline can be believed (``lab.stats.judge``); None if unmatched.
+
+        Where the baseline was re-measured after the candidates (and did not drift), its repeats from both
+        measurements are pooled: the reference spans the sweep instead of its first minutes.
+        """
         base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
+        again = {(r.case, r.seed): r for r in self.rechecks if r.status == "ok"}
         pairs = [(base[(r.case, r.seed)], r) for r in self.records
                  if r.recipe == recipe and r.status == "ok" and (r.case, r.seed) in base]
         if not pairs:
             return None
         busy = "; ".join(filter(None, (self._busy([run for pair in pairs for run in pair]), self.drift)))
-        return judge([(b.latency, r.latency) for b, r in pairs], busy=busy)
+
+        def reference(b: RunRecord) -> Latency:
+            key = (b.case, b.seed)
+            return Latency.pooled([b.latency, again[key].latency]) if key in again else b.latency
+
+        return judge([(reference(b), r.latency) for b, r in pairs], busy=busy)
 
     def verdicts(self) -> dict[str, Verdict]:
         """Every successful recipe but the baseline: its ``Verdict``."""

@@ -70,6 +70,11 @@ class Latency(Record):
         """Coefficient of variation (std / mean)."""
         return self.std / self.mean if self.mean else 0.0
 
+    @classmethod
+    def pooled(cls, runs: Sequence["Latency"]) -> "Latency":
+        """One Latency of several runs' repeats together (a baseline measured before and after the candidates)."""
+        return cls.from_values([v for r in runs for v in (r.values or [r.median])])
+
     @property
     def noisy(self) -> bool:
         """The spread is large against the median (IQR over 10 % of it, as torch.utils.benchmark warns)."""
@@ -77,9 +82,10 @@ class Latency(Record):
 
 
 NOISY_IQR = 0.10
-# a ratio within this of 1 is "not distinguishable" even when its interval excludes 1: a 2 % difference
-# between two recipes is below what one host's drift over a sweep already produces
-MIN_EFFECT = 0.05
+# a ratio within this of 1 is "not distinguishable" even when its interval excludes 1: on the 2-core VM, one
+# computation measured at the start and the end of a quiet sweep moved by up to 12 % (docs/benchmarks.md,
+# "Numbers on a busy machine"), so a smaller difference between two recipes is not one this host can tell
+MIN_EFFECT = 0.10
 VERDICTS = ("faster", "slower", "not distinguishable", "untrusted")
 
 
@@ -144,6 +150,8 @@ class Verdict(Record):
             return f"{span}: {self.verdict}"
         if self.verdict == "untrusted":
             return f"no speed-up can be claimed ({self.reason}; measured {self.speedup:.2f}×): rerun on a quiet host"
+        if self.low > 1 or self.high < 1:  # the interval excludes 1, but the difference is too small to claim
+            return f"not distinguishable ({self.reason}: smaller than what this host's own drift produces)"
         return f"not distinguishable ({self.reason}): rerun with more repeats to tell them apart"
 
 

@@ -96,7 +96,7 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
         lines.append(f"- No recipe is distinguishably faster than `{base}` here.")
     same = [n for n, v in verdicts.items() if v.verdict == "not distinguishable" and n in ok.index]
     if same:
-        lines.append(f"- Not distinguishable from `{base}` (interval contains 1, or within 5 %): "
+        lines.append(f"- Not distinguishable from `{base}` (interval contains 1, or within 10 %): "
                      + ", ".join(f"`{n}`" for n in same) + ".")
     for family, names in (families or {}).items():
         judged = {n: verdicts[n] for n in names if n in ok.index and n in verdicts and verdicts[n].distinguishable}

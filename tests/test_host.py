@@ -70,9 +70,9 @@ def test_identical_timings_are_not_distinguishable_and_real_gains_are():
     assert fast.verdict == "faster" and fast.low < 2.0 < fast.high and fast.low > 1.8
     slow = judge([(base, _lat([2.0, 2.1, 2.05]))])
     assert slow.verdict == "slower" and slow.high < 1
-    # a 3 % difference measured very tightly: real, but under the 5 % a sweep's own drift produces
-    tight = judge([(_lat([1.0] * 5), _lat([0.97] * 5))])
-    assert tight.verdict == "not distinguishable" and "within 5%" in tight.reason
+    # a 7 % difference measured very tightly: real, but under the 10 % a sweep's own drift produces here
+    tight = judge([(_lat([1.0] * 5), _lat([0.935] * 5))])
+    assert tight.verdict == "not distinguishable" and "within 10%" in tight.reason
     # the host was busy: whatever the figures, no verdict
     untrusted = judge([(base, _lat([0.2, 0.2, 0.2]))], busy="other processes used 1.5 of 2 cores")
     assert untrusted.verdict == "untrusted" and "rerun on a quiet host" in untrusted.text()
@@ -228,3 +228,16 @@ def test_figures_say_what_the_browser_could_not_read(tmp_path):
         r.ssim = s
     fig = plots.plot_quality_vs_speed(cmp)
     assert not [p for p in plots.layout_problems(fig) if p.startswith("clipped")]  # labels stay in the figure
+
+
+def test_identical_recipes_on_a_quiet_host_are_not_distinguishable(tmp_path):
+    """Recorded on this 2-core VM (load 0.4, benchmarks/contention.py): fp32 measured first ran partly faster than
+    the same computation after it and than itself re-measured at the end; the pooled baseline says so."""
+    first = _record("fp32", [0.170, 0.165, 0.117, 0.125, 0.189], QUIET)
+    same = _record("fp32-text+fp32-denoiser+fp32-vae", [0.200, 0.191, 0.192, 0.187, 0.186], QUIET)
+    end = _record("fp32", [0.188, 0.180, 0.194, 0.185, 0.182], QUIET)
+    end.recheck = True
+    alone = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=[first, same])
+    assert alone.verdict(same.recipe).high < 1  # the first window alone makes it look slower
+    pooled = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=[first, same], rechecks=[end])
+    assert pooled.drift == "" and pooled.verdict(same.recipe).verdict == "not distinguishable"
