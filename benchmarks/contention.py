@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/contention.py [--model tiny] [--size 0] [--steps 4] [--repeats 5] [--hog 1]
                                        [--real-model sd15-arch --real-size 256 --real-steps 2] [--out runs/contention]
+                                       [--judge]  (verdicts of the runs already in --out, measuring nothing)
 For each pair (fp32 against the same computation spelled per component; fp32 against bf16 on the real model) it
 runs compare twice, without and then with ``--hog`` spinning processes beside it, and prints one Markdown row per
 run: the host as recorded, the measured speed-up, its 95 % bootstrap interval and the verdict.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import lab
 from lab import host
-from lab.experiments import compare
+from lab.experiments import Comparison, compare
 
 SAME = ("fp32", "fp32-text+fp32-denoiser+fp32-vae")
 
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--real-size", type=int, default=256)
     p.add_argument("--real-steps", type=int, default=2)
     p.add_argument("--out", default="runs/contention")
+    p.add_argument("--judge", action="store_true", help="measure nothing: judge the runs already in --out again")
     args = p.parse_args()
     pairs = [(args.model, SAME, args.size or None, args.steps, "identical computations")]
     if args.real_model:
@@ -52,7 +54,8 @@ def main() -> None:
     for model, recipes, size, steps, what in pairs:
         case = lab.Case("a red circle on the left", steps=steps, height=size, width=size, name="c")
         for hogs in (0, args.hog):
-            cmp = _run(model, recipes, case, args, Path(args.out) / f"{model}-{'hog' if hogs else 'quiet'}", hogs)
+            folder = Path(args.out) / f"{model}-{'hog' if hogs else 'quiet'}"
+            cmp = Comparison.load(folder) if args.judge else _run(model, recipes, case, args, folder, hogs)
             v = cmp.verdict(recipes[1])
             if v is None:  # a run failed: say which and go on
                 errors = "; ".join(f"{r.recipe}: {r.status}" for r in cmp.records if r.status != "ok")
