@@ -120,8 +120,13 @@ def compare(comparison, families: Mapping[str, Sequence[str]] | None = None) -> 
                      f"{int((ok['ssim'] > 0.99).sum())} of {len(ok)} recipes kept SSIM above 0.99.")
     if "cache_skipped" in ok and ok["cache_skipped"].notna().any():
         cached = ok[ok["cache_skipped"].notna()]
+
+        def speed(name) -> str:  # a speed change only where its verdict allows one
+            v = verdicts.get(name)
+            return f"{_pct(v.speedup)} speed" if v is not None and v.distinguishable else f"speed {v.verdict if v else 'unmatched'}"
+
         lines.append("- Caches: " + "; ".join(
-            f"`{n}` skipped {row['cache_skipped']:.0%} of its evaluations ({_pct(row['speedup'])} speed"
+            f"`{n}` skipped {row['cache_skipped']:.0%} of its evaluations ({speed(n)}"
             + (f", final latent {row['trajectory_rel_err']:.1%} off `{base}`'s)" if _present(row.get("trajectory_rel_err"))
                else ")") for n, row in cached.iterrows()) + ".")
     skipped = frame[frame.get("ok", 1) == 0] if "ok" in frame else frame.iloc[0:0]
@@ -288,9 +293,17 @@ def runtimes(comparison, recommendation) -> str:
     frame = comparison.to_frame()
     ran = frame[frame["ok"] > 0]
     skipped = [f"`{r}` ({row['reason'][:90]})" for r, row in frame.iterrows() if row["ok"] == 0]
-    lines = [f"- CPU runtimes: fastest measured `{ran['latency_s'].idxmin()}` at {ran['latency_s'].min():.3f} s; "
-             f"the recommender, given this run, picks **`{recommendation.recipe}`**."] if len(ran) else \
-        ["- No recipe of the runtime comparison ran here."]
+    faster = {n: v for n, v in comparison.verdicts().items() if v.verdict == "faster" and n in ran.index}
+    lines = [line] if (line := contention(comparison)) else []
+    if not len(ran):
+        lines.append("- No recipe of the runtime comparison ran here.")
+    elif faster:
+        best = max(faster, key=lambda n: faster[n].speedup)
+        lines.append(f"- CPU runtimes: fastest here `{best}`, {faster[best].text()}; the recommender, given this run, "
+                     f"picks **`{recommendation.recipe}`**.")
+    else:
+        lines.append(f"- CPU runtimes: none is distinguishably faster than `{comparison.baseline}` here; the "
+                     f"recommender, given this run, picks **`{recommendation.recipe}`**.")
     if skipped:
         lines.append("- Not measured here: " + "; ".join(skipped) + ".")
     return "\n".join(lines)
