@@ -696,6 +696,15 @@ class _Sweep:
         for held in waiting:  # no baseline ran in this sweep (it failed to return): write them anyway
             self.finish(held, tick)
 
+    def _tensors(self, kind: str, recipe: str, name: str, data: bytes) -> tuple[Path, Path]:
+        """Write a run's safetensors bytes under ``<out>/<kind>/<recipe>/``: (its path, the baseline's)."""
+        from .results import atomic_write_bytes
+
+        path = inside(self.out, kind, slug(recipe), f"{name}.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        return path, inside(self.out, kind, slug(self.baseline), f"{name}.safetensors")
+
     def recheck(self, outcomes) -> None:
         """Append the baseline's re-measurement as ``recheck`` rows: no image, no fidelity, not a result."""
         for outcome in outcomes:
@@ -729,18 +738,12 @@ class _Sweep:
                 if reference.exists():
                     record.ssim, record.psnr = ssim(image, reference), psnr(image, reference)
             if (latents := measured.trajectory_bytes()) is not None:
-                path = inside(self.out, "trajectory", slug(record.recipe), f"{name}.safetensors")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, latents)
-                reference = inside(self.out, "trajectory", slug(self.baseline), f"{name}.safetensors")
+                path, reference = self._tensors("trajectory", record.recipe, name, latents)
                 if reference.exists():
                     with contextlib.suppress(ValueError):  # another shape (an older baseline's): no trajectory
                         record.trajectory = Trajectory.between(load_latents(path), load_latents(reference))
             if (update := measured.update_bytes()) is not None:
-                path = inside(self.out, "fidelity", slug(record.recipe), f"{name}.safetensors")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, update)
-                reference = inside(self.out, "fidelity", slug(self.baseline), f"{name}.safetensors")
+                path, reference = self._tensors("fidelity", record.recipe, name, update)
                 if reference.exists():
                     record.fidelity = Fidelity.between(load_update(path), load_update(reference))
                 else:
