@@ -170,7 +170,8 @@ class Workbench:
         busy = HostLoad.combine([c.host for c in (base, cand) if c.host and c.host.busy])
         self.verdict = judge([(base.latency, cand.latency)], busy="; ".join(busy.reasons) if busy else "")
         self.result["verdict"] = ["baseline", self.verdict.verdict]
-        self.result["host"] = [c.host.label() if c.host else "" for c in (base, cand)]
+        # short, so the table fits the panel; the status line says why when it is busy
+        self.result["host"] = [("busy" if c.host.busy else "quiet") if c.host else "" for c in (base, cand)]
         # append_display_data renders now, with or without a live kernel (``with out:`` needs one)
         self.table_out.append_display_data(self.result.round(3))
         self.figures = {
