@@ -113,3 +113,21 @@ def test_bad_recipes_fail_before_any_work(tmp_path, recipes, message):
     with pytest.raises(lab.LabError, match=message):
         compare("tiny", recipes, CASES, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_whose_first_step_is_nan_is_an_error_not_a_result(tmp_path, monkeypatch):
+    import torch
+
+    from lab import fidelity
+
+    real = fidelity.first_step_update
+
+    def broken(pipe, case):  # what compiled quanto int8 + fused QKV gave on an Intel Xeon: NaN everywhere
+        update = real(pipe, case)
+        return update * float("nan") if pipe.unet.dtype == torch.bfloat16 else update
+
+    monkeypatch.setattr(fidelity, "first_step_update", broken)
+    cmp = compare("tiny", ["fp32", "bf16"], CASES[:1], repeats=1, warmup=0, out=tmp_path, progress=False)
+    bad = cmp.record("bf16", CASES[0].name)
+    assert bad.status == "error" and "NaN or inf" in bad.error and cmp.record("fp32", CASES[0].name).status == "ok"
+    assert "bf16" not in cmp.verdicts()  # no speed-up is read off garbage

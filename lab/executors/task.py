@@ -176,6 +176,11 @@ def _measure_run(task: Task, plan, pipe, case: Case, seed: int, record: RunRecor
     except Exception as err:  # noqa: BLE001 - a metric that cannot be taken never fails the run
         record.fidelity_note = f"first-step update failed: {type(err).__name__}: {err}"
         return measured
+    if not torch.isfinite(update).all():  # a broken kernel or overflow: the run's numbers describe garbage
+        record.status = "error"
+        record.error = ("the first denoising step produced NaN or inf: this combination is numerically broken here "
+                        "(its image is not a picture), so its timing is not a result")
+        return measured
     measured.update = base64.b64encode(save({"update": update.contiguous()})).decode("ascii")
     return measured
 
