@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .executors import ExecutorConfig
 
 RESULTS = "results.jsonl"
+RECHECKS = "rechecks.jsonl"  # the baseline measured again after the candidates: drift checks, not results
 RESULTS_LIMIT = 1024 * 2**20  # bytes: a million runs' lines; beyond it the file is not a results file
 META = "comparison.json"
 # what a notebook or report shows by default: one screen wide
@@ -119,30 +120,13 @@ class Comparison(Record):
 
     @classmethod
     def load(cls, out: str | os.PathLike, model: str = "", baseline: str | None = None) -> "Comparison":
-        """Read ``<out>/results.jsonl``; a corrupt line is reported with its number and skipped."""
-        path = Path(out) / RESULTS
-        latest: dict[tuple, RunRecord] = {}
-        rechecks: dict[tuple, RunRecord] = {}
-        corrupt: list[int] = []
+        """Read ``<out>/results.jsonl`` (and the baseline's re-measurements, ``rechecks.jsonl``); a corrupt line is
+        reported with its number and skipped."""
         info = _read_meta(Path(out))
         if info:
             model, baseline = model or info.get("model", ""), baseline or info.get("baseline")
-        if path.exists():
-            # bounded, and a FIFO or a device is refused (never a hang); a torn multibyte char is one bad line
-            text = read_file_bytes(path, "results file", RESULTS_LIMIT).decode("utf-8", errors="replace")
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = RunRecord.from_dict(json.loads(line))
-                    if model and rec.model and rec.model != model:
-                        raise ValueError(f"a run of model {rec.model!r}, not of this run's {model!r}")
-                except (ValueError, TypeError, KeyError, AttributeError) as err:
-                    corrupt.append(number)
-                    warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})",
-                                  stacklevel=2)
-                    continue
-                (rechecks if rec.recheck else latest)[rec.key] = rec  # a retried run supersedes its earlier line
+        latest, corrupt = _read_runs(Path(out) / RESULTS, model)
+        rechecks, _ = _read_runs(Path(out) / RECHECKS, model)
         records = list(latest.values())
         baseline = baseline or (records[0].recipe if records else "")
         return cls(model=model, baseline=baseline, out=str(out), records=records, corrupt_lines=corrupt,
@@ -372,6 +356,29 @@ def narrow(frame):
 def successful(frame):
     """The rows of a ``Comparison.to_frame`` summary whose recipe had at least one successful run."""
     return frame[frame["ok"] > 0] if "ok" in frame else frame
+
+
+def _read_runs(path: Path, model: str) -> tuple[dict[tuple, RunRecord], list[int]]:
+    """The runs of a JSON-lines file by key (a retried run supersedes its earlier line), and its corrupt line numbers."""
+    latest: dict[tuple, RunRecord] = {}
+    corrupt: list[int] = []
+    if not path.exists():
+        return latest, corrupt
+    # bounded, and a FIFO or a device is refused (never a hang); a torn multibyte char is one bad line
+    text = read_file_bytes(path, "results file", RESULTS_LIMIT).decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = RunRecord.from_dict(json.loads(line))
+            if model and rec.model and rec.model != model:
+                raise ValueError(f"a run of model {rec.model!r}, not of this run's {model!r}")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            corrupt.append(number)
+            warnings.warn(f"{path}:{number}: corrupt line skipped ({type(err).__name__}: {err})", stacklevel=3)
+            continue
+        latest[rec.key] = rec
+    return latest, corrupt
 
 
 def _append(path: Path, record: RunRecord) -> None:
@@ -706,14 +713,14 @@ class _Sweep:
         return path, inside(self.out, kind, slug(self.baseline), f"{name}.safetensors")
 
     def recheck(self, outcomes) -> None:
-        """Append the baseline's re-measurement as ``recheck`` rows: no image, no fidelity, not a result."""
+        """Append the baseline's re-measurement to ``rechecks.jsonl``: no image, no fidelity, not a result."""
         for outcome in outcomes:
             for measured in outcome.runs:
                 record = measured.record
                 record.recheck, record.model = True, self.model
                 if outcome.worker and "pid" in outcome.worker:
                     record.worker = dict(outcome.worker)
-                _append(self.out / RESULTS, record)
+                _append(self.out / RECHECKS, record)
 
     def finish(self, outcome, tick) -> None:
         """The parent's part of a run: its image and update written, SSIM/PSNR/fidelity against the baseline's."""

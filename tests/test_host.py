@@ -171,11 +171,13 @@ def test_compare_rechecks_the_baseline_after_the_candidates(tmp_path):
     cmp = compare("tiny", ["fp32", "steps-1"], case, repeats=2, warmup=0, out=tmp_path, progress=False, isolate=False)
     assert [r.recipe for r in cmp.rechecks] == ["fp32"] and cmp.rechecks[0].recheck
     assert len(cmp.records) == 2 and all(not r.recheck for r in cmp.records)  # a drift check, not a result
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and '"recheck": true' in lines[-1]
+    # results.jsonl keeps one line per run; the re-measurement has a file of its own
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    rechecks = (tmp_path / "rechecks.jsonl").read_text().splitlines()
+    assert len(rechecks) == 1 and '"recheck": true' in rechecks[0]
     again = compare("tiny", ["fp32", "steps-1"], case, repeats=2, warmup=0, out=tmp_path, progress=False,
                     isolate=False)  # nothing left to run: nothing re-measured
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3 and len(again.rechecks) == 1
+    assert len((tmp_path / "rechecks.jsonl").read_text().splitlines()) == 1 and len(again.rechecks) == 1
 
 
 def test_mixed_and_lora_takeaways_claim_only_what_the_verdicts_allow(tmp_path):
