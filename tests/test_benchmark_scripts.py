@@ -133,7 +133,7 @@ def test_gpu_check_smoke(tmp_path):
     flux = lab.ladder.LadderResult.load(check.ladders["flux"]["json"])  # the transformer path, on tiny-flux
     assert flux.model == "tiny-flux" and flux.baseline == "bf16+sdpa" and flux.rungs[0].speedup == 1.0
     assert all(r.status == "ok" and r.denoiser_ms_per_step > 0 for r in flux.rungs) and flux.batch == 1
-    assert flux.rungs[-1].recipe == "bf16+attn-native+layerwise-fp8-denoiser"
+    assert "bf16+attn-native+layerwise-fp8-denoiser" in [r.recipe for r in flux.rungs]  # issue 19's float8 rung
     assert targets["flux-arch best rung (x bf16 eager)"].status == "not measured"
     cached = [r for r in flux.rungs if "first-block-cache" in r.recipe]  # the cache rung, with its trajectory
     assert cached and all(r.trajectory_rel_error is not None and r.cache_skipped is not None for r in cached)
