@@ -572,7 +572,7 @@ def compare(
                         else sweep.in_process(tasks, prime, bar))
             sweep.collect(outcomes, bar.update, baseline_done=all(t.recipe != baseline for t in tasks))
             if recheck and any(t.recipe != baseline for t in tasks):
-                again = [sweep.task(baseline, [(cases[0].name, seeds[0])])]
+                again = [sweep.task(baseline, [(cases[0].name, seeds[0])], purpose="recheck")]
                 sweep.recheck(config.build(out, env.device).run(again) if isolate
                               else sweep.in_process(again, False, bar))
         finally:
@@ -662,12 +662,12 @@ class _Sweep:
     warmup: int
     repeats: int
 
-    def task(self, text: str, runs: list[tuple[str, int]]):
+    def task(self, text: str, runs: list[tuple[str, int]], purpose: str = "run"):
         """The task measuring recipe ``text`` on the given (case name, seed) runs."""
         from .executors.task import Task
 
         return Task(model=self.model, recipe=text, baseline=self.baseline, dtype=self.dtype, device=self.env.device,
-                    cases=self.cases, runs=runs, warmup=self.warmup, repeats=self.repeats)
+                    cases=self.cases, runs=runs, warmup=self.warmup, repeats=self.repeats, purpose=purpose)
 
     def in_process(self, tasks, prime: bool, bar):
         """Measure each task here, one after another (``isolate=False``)."""

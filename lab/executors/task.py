@@ -34,6 +34,7 @@ class Task(Record):
     runs: list[tuple[str, int]]
     warmup: int
     repeats: int
+    purpose: str = "run"  # "recheck": the baseline measured again, a job of its own in every ledger
 
     @property
     def key(self) -> str:
