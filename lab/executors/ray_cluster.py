@@ -42,9 +42,13 @@ class RayExecutor:
         remote = ray.remote(_ray_job).options(num_cpus=1, num_gpus=self.gpus, max_retries=0)
         refs = {remote.remote(task.to_json(indent=None), self.timeout_s, self.cache_dir): task for task in tasks}
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / "ray.json", json.dumps(
-            {task.key: {"task_id": ref.task_id().hex(), "recipe": task.recipe} for ref, task in refs.items()},
-            indent=2) + "\n")
+        ledger_path = self.folder / "ray.json"
+        try:  # every run() of a sweep adds its tasks (the baseline's recheck comes in a second call)
+            ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+        except ValueError:  # a torn ledger is only a record for Ray's dashboard: start it again
+            ledger = {}
+        ledger.update({task.key: {"task_id": ref.task_id().hex(), "recipe": task.recipe} for ref, task in refs.items()})
+        atomic_write_text(ledger_path, json.dumps(ledger, indent=2) + "\n")
         try:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
