@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cases import Case
-from .results import Record, atomic_write_bytes
+from .results import Record, load_tensor, save_tensor
 
 
 def first_step_update(pipe, case: Case):
@@ -67,17 +67,11 @@ class Fidelity(Record):
 
 def save_update(update, path: str | os.PathLike) -> Path:
     """Write an update as safetensors (no pickle), atomically."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, save({"update": update.contiguous()}))
+    return save_tensor(update, path, "update")
 
 
 def load_update(path: str | os.PathLike):
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["update"]
+    return load_tensor(path, "update")
 
 
 def comparable(plan, baseline_plan) -> str | None:

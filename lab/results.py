@@ -97,6 +97,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def save_tensor(tensor, path: str | os.PathLike, name: str) -> Path:
+    """Write one tensor as safetensors (no pickle) under ``name``, atomically, creating the folder."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, save({name: tensor.contiguous()}))
+
+
+def load_tensor(path: str | os.PathLike, name: str):
+    """The tensor ``name`` of a safetensors file (``save_tensor``)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))[name]
+
+
 def save_image(image, path: str | os.PathLike) -> Path:
     """Save a PIL image as PNG atomically: no 0-byte or truncated PNG is ever left at ``path``."""
     return atomic_write(path, lambda f: image.save(f, format="PNG"))

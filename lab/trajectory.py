@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cases import Case
-from .results import Record, atomic_write_bytes
+from .results import Record, load_tensor, save_tensor
 
 
 def trajectory_latents(pipe, case: Case):
@@ -69,17 +69,11 @@ class Trajectory(Record):
 
 def save_latents(latents, path: str | os.PathLike) -> Path:
     """Write a trajectory's latents as safetensors (no pickle), atomically."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, save({"latents": latents.contiguous()}))
+    return save_tensor(latents, path, "latents")
 
 
 def load_latents(path: str | os.PathLike):
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["latents"]
+    return load_tensor(path, "latents")
 
 
 def drift_frame(comparison):
