@@ -221,8 +221,10 @@ class Comparison(Record):
     def verdict(self, recipe: str) -> Verdict | None:
         """Whether ``recipe``'s speed-up over the baseline can be believed (``lab.stats.judge``); None if unmatched.
 
-        Where the baseline was re-measured after the candidates (and did not drift), its repeats from both
-        measurements are pooled: the reference spans the sweep instead of its first minutes.
+        Where the baseline was re-measured after the candidates and did not drift, its repeats from both
+        measurements are pooled: the reference spans the sweep instead of its first minutes. Where it drifted,
+        the candidate ran somewhere between a faster and a slower baseline: a verdict stands only if it holds
+        against each of the two measurements, and is ``untrusted`` otherwise.
         """
         base = {(r.case, r.seed): r for r in self.records if r.recipe == self.baseline and r.status == "ok"}
         again = {(r.case, r.seed): r for r in self.rechecks if r.status == "ok"}
@@ -230,13 +232,27 @@ class Comparison(Record):
                  if r.recipe == recipe and r.status == "ok" and (r.case, r.seed) in base]
         if not pairs:
             return None
-        busy = "; ".join(filter(None, (self._busy([run for pair in pairs for run in pair]), self.drift)))
+        busy = self._busy([run for pair in pairs for run in pair] + [again[k] for k in again if k in base])
+        if busy:
+            return judge([(b.latency, r.latency) for b, r in pairs], busy=busy)
 
         def reference(b: RunRecord) -> Latency:
             key = (b.case, b.seed)
             return Latency.pooled([b.latency, again[key].latency]) if key in again else b.latency
 
-        return judge([(reference(b), r.latency) for b, r in pairs], busy=busy)
+        pooled = judge([(reference(b), r.latency) for b, r in pairs])
+        if not (drift := self.drift):
+            return pooled
+        first = judge([(b.latency, r.latency) for b, r in pairs])
+        last = judge([(again[(b.case, b.seed)].latency if (b.case, b.seed) in again else b.latency, r.latency)
+                      for b, r in pairs])
+        low, high = min(first.low, last.low), max(first.high, last.high)
+        if first.verdict == last.verdict and first.distinguishable:
+            return Verdict(pooled.speedup, low, high, first.verdict,
+                           f"holds against the baseline's first and last measurement ({drift})")
+        return Verdict(pooled.speedup, low, high, "untrusted",
+                       f"{drift}; against its first measurement {first.speedup:.2f}× ({first.verdict}), against "
+                       f"its last {last.speedup:.2f}× ({last.verdict})")
 
     def verdicts(self) -> dict[str, Verdict]:
         """Every successful recipe but the baseline: its ``Verdict``."""
@@ -264,6 +280,7 @@ class Comparison(Record):
             return ""
         return (f"the baseline `{self.baseline}` drifted during the sweep: re-measured at the end it ran "
                 f"{1 / v.speedup:.2f}× its first time (interval {1 / v.high:.2f}–{1 / v.low:.2f})")
+
     def energy_notes(self) -> list[str]:
         """Why successful runs have no energy figure (one line per distinct reason; empty when all have one)."""
         return sorted({(r.energy.note if r.energy is not None else "recorded before lab measured energy") or ""
@@ -286,8 +303,9 @@ class Comparison(Record):
         if busy := self.busy:
             table += (f"\n\nMeasured under contention ({busy}): no speed-up in this table can be believed "
                       "(verdict `untrusted`); rerun on a quiet host.")
-        if drift := self.drift:
-            table += f"\n\nBaseline drift: {drift}; the speed-ups are `untrusted` (the host changed under the sweep)."
+        if not busy and (drift := self.drift):  # under contention the drift is its effect, already said
+            table += (f"\n\nBaseline drift: {drift}. A verdict stands only where it holds against both of the "
+                      "baseline's measurements; the others are `untrusted` (the host changed under the sweep).")
         if self.random_weights:
             table += (f"\n\n{self.model} has random weights: image SSIM/PSNR against the baseline are not meaningful "
                       "(trajectories diverge); read fidelity_rel_err (first denoising step against the baseline's, "
@@ -547,8 +565,8 @@ def compare(
         isolate: run each recipe in its own worker (default, unless ``LAB_ISOLATE=0``); False runs them in
             this process, one after another: quicker for an interactive cell, but figures may depend on order.
         executor: ``"local"``, ``"submitit"``, ``"ray"`` or an ``lab.executors.ExecutorConfig`` with options.
-        recheck: after the candidates, measure the baseline's first run once more; a baseline that moved
-            (``Comparison.drift``) makes every speed-up ``untrusted``.
+        recheck: after the candidates, measure the baseline's first run once more; where it moved
+            (``Comparison.drift``) a speed-up is believed only if it holds against both measurements.
     """
     from tqdm.auto import tqdm
 

@@ -87,13 +87,15 @@ def measured_pick(measured: "Comparison", max_rel_error: float = MAX_REL_ERROR,
     The bound: a first-step relative error against the baseline of at most ``max_rel_error`` (``lab.fidelity``);
     a recipe without one (it changes the scheduler or steps) passes on a trained model with SSIM > ``ssim_min``
     and is left out on a random-weight model, where neither says anything. The baseline always passes; another
-    recipe only with a ``faster`` verdict against it (``Comparison.verdicts``), and nothing is picked from a
-    comparison measured under contention or whose baseline drifted.
+    recipe only with a ``faster`` verdict against it (``Comparison.verdicts``: where the baseline drifted, one that
+    holds against both of its measurements), and nothing is picked from a comparison measured under contention.
     """
     frame = measured.to_frame()
     passing, lines = [], []
-    if busy := "; ".join(filter(None, (measured.busy, measured.drift))):
+    if busy := measured.busy:
         return None, [f"measured under contention ({busy}): no pick from these timings; rerun on a quiet host"]
+    if drift := measured.drift:
+        lines.append(f"{drift}: a recipe counts as faster only where it is faster against both baseline measurements")
     verdicts = measured.verdicts()
     for recipe, row in frame.iterrows():
         latency = row.get("latency_s")

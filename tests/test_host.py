@@ -9,6 +9,7 @@ import lab
 from lab import host, takeaways
 from lab.experiments import Comparison, RunRecord, compare
 from lab.host import HostLoad, HostWatch
+from lab.presets import measured_pick
 from lab.stats import Latency, judge, ratio_interval
 
 QUIET = HostLoad(seconds=10.0, cores=2, own_cpu_s=19.0, other_cpu_s=0.2, steal_percent=0.0, load_avg=2.0,
@@ -153,17 +154,27 @@ def test_on_a_cpu_the_host_share_is_reported_not_skipped():
     assert "host-contention" not in d.rules
 
 
-def test_a_baseline_that_drifted_is_flagged_and_makes_speedups_untrusted(tmp_path):
-    records = [_record("fp32", [1.00, 1.01, 0.99], QUIET), _record("bf16", [0.50, 0.51, 0.49], QUIET)]
+def test_a_baseline_that_drifted_is_flagged_and_only_verdicts_that_hold_against_both_measurements_stand(tmp_path):
+    records = [_record("fp32", [1.00, 1.01, 0.99], QUIET), _record("bf16", [0.50, 0.51, 0.49], QUIET),
+               _record("steps-1", [1.25, 1.26, 1.24], QUIET)]
+    records[1].ssim = records[2].ssim = 0.99  # within measured_pick's quality gate
     steady = _record("fp32", [1.01, 1.00, 0.99], QUIET)
     steady.recheck = True
     cmp = Comparison(model="tiny", baseline="fp32", out=str(tmp_path), records=records, rechecks=[steady])
-    assert cmp.drift == "" and cmp.verdict("bf16").verdict == "faster"
+    assert cmp.drift == "" and cmp.verdict("bf16").verdict == "faster" and cmp.verdict("steps-1").verdict == "slower"
     moved = _record("fp32", [1.50, 1.52, 1.49], QUIET)
     moved.recheck = True
     cmp.rechecks = [moved]
     assert "drifted during the sweep" in cmp.drift and "1.50×" in cmp.drift
-    assert cmp.verdict("bf16").verdict == "untrusted" and "Baseline drift" in cmp.to_markdown()
+    # 2x against the first baseline, 3x against the last: faster whenever it ran, with the interval spanning both
+    fast = cmp.verdict("bf16")
+    assert fast.verdict == "faster" and fast.low < 2.05 and fast.high > 2.95 and "first and last" in fast.reason
+    # slower than the first baseline, faster than the last: when it ran decides, so nothing can be said
+    flipped = cmp.verdict("steps-1")
+    assert flipped.verdict == "untrusted" and "(slower)" in flipped.reason and "(faster)" in flipped.reason
+    assert "Baseline drift" in cmp.to_markdown()
+    pick, lines = measured_pick(cmp)
+    assert pick == "bf16" and any("drifted" in line for line in lines)
 
 
 def test_compare_rechecks_the_baseline_after_the_candidates(tmp_path):
