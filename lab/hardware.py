@@ -107,9 +107,9 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
             threads = thread_scaling.best
             point = thread_scaling.point(threads)
             fewest = next(p.threads for p in thread_scaling.points if p.latency_s is not None)
-            reasons[0] = (f"{threads} threads: the fastest count measured ({point.latency_s:.3f} s on "
+            reasons[0] = (f"{thread_scaling.why_best()}; measured {point.latency_s:.3f} s on "
                           f"{thread_scaling.model} {thread_scaling.label}, {point.speedup:.2f}x over "
-                          f"{fewest}; {cores} cores here)")
+                          f"{fewest}; {cores} cores here")
             parts.insert(0, f"threads-{threads}")
     if model is not None:
         parts, notes = fit_to_model(parts, model_kind(model))

@@ -554,8 +554,8 @@ def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
     if pts:
         ax.plot(x, [pts[0].latency_s * pts[0].threads / n for n in x], ls="--", color="grey",
                 label="perfect scaling")
-        best = min(pts, key=lambda p: p.latency_s)
-        ax.annotate(f"fastest: {best.threads}", (best.threads, best.latency_s), textcoords="offset points",
+        best = scaling.point(scaling.best)
+        ax.annotate(f"best: {best.threads}", (best.threads, best.latency_s), textcoords="offset points",
                     xytext=(0, 8), ha="center", fontsize="small")
     ax.set_xticks(x)
     ax.set_xlabel("CPU threads (intra- and inter-op)")

@@ -49,6 +49,7 @@ class ThreadPoint(Record):
     cpu_percent: float | None
     inter_op: int | None = None  # inter-op threads in effect (RunRecord.threads)
     status: str = "ok"
+    verdict: str = ""  # against the fewest threads (lab.stats.judge); "" for the fewest and in older files
 
 
 @dataclass
@@ -72,9 +73,28 @@ class ThreadScaling(Record):
 
     @property
     def best(self) -> int | None:
-        """The thread count with the lowest latency (None when no count ran)."""
+        """The count to use: the fastest of the fewest threads and the counts distinguishably faster than it
+        (more threads that are not buy nothing but a busier machine); None when no count ran."""
         ok = [p for p in self.points if p.latency_s is not None]
-        return min(ok, key=lambda p: p.latency_s).threads if ok else None
+        if not ok:
+            return None
+        if any(p.verdict for p in ok):  # files written before verdicts: the lowest latency
+            ok = [ok[0], *[p for p in ok[1:] if p.verdict == "faster"]]
+        return min(ok, key=lambda p: p.latency_s).threads
+
+    def why_best(self) -> str:
+        """One line: why ``best`` was taken over the other counts."""
+        ok = [p for p in self.points if p.latency_s is not None]
+        best = self.best
+        if best is None:
+            return "no thread count ran"
+        judged = [p for p in ok[1:] if p.verdict]
+        if not judged:
+            return f"{best} threads: the fastest count measured"
+        said = ", ".join(f"{p.threads}: {p.speedup:.2f}x, {p.verdict}" for p in judged)
+        if best == ok[0].threads:
+            return f"{best} threads: no count was distinguishably faster than {best} ({said})"
+        return f"{best} threads: the fastest count distinguishably faster than {ok[0].threads} ({said})"
 
     def point(self, threads: int) -> ThreadPoint:
         return next(p for p in self.points if p.threads == threads)
@@ -87,7 +107,7 @@ class ThreadScaling(Record):
     def to_markdown(self, digits: int = 3) -> str:
         load = lambda v: "/".join(f"{x:.2f}" for x in v) or "?"  # noqa: E731
         return (f"**{self.model}** {self.label} on {self.device}, {self.cores} cores; load average "
-                f"{load(self.load_before)} before, {load(self.load_after)} after; fastest count: {self.best}\n\n"
+                f"{load(self.load_before)} before, {load(self.load_after)} after; {self.why_best()}\n\n"
                 + self.to_frame().round(digits).to_markdown())
 
     def _repr_markdown_(self) -> str:
@@ -107,8 +127,10 @@ class ThreadScaling(Record):
             row = frame.loc[text]
             cpu = [r.cpu_percent for r in runs if r.cpu_percent is not None]
             inter = next((r.threads.get("inter_op") for r in runs if r.threads), None)
+            verdict = comparison.verdict(text) if text != comparison.baseline else None
             points.append(ThreadPoint(n, float(row["latency_s"]), float(row["latency_iqr_s"]), None, None,
-                                      sum(cpu) / len(cpu) if cpu else None, inter_op=inter))
+                                      sum(cpu) / len(cpu) if cpu else None, inter_op=inter,
+                                      verdict=verdict.verdict if verdict else ""))
         first = next((p for p in points if p.latency_s is not None), None)
         for p in points:
             if first is not None and p.latency_s is not None:

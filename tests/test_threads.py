@@ -40,7 +40,7 @@ def test_a_run_uses_its_threads_and_gives_them_back(tmp_path):
         assert cmp.record(f"threads-{n}", "circle").threads["intra_op"] == n
         assert scaling.point(n).latency_s > 0 and scaling.point(n).status == "ok"
     assert scaling.point(1).speedup == 1.0 and scaling.best in counts and scaling.cores == cores
-    assert len(scaling.load_before) == 3 and "fastest" in scaling.to_markdown()
+    assert len(scaling.load_before) == 3 and scaling.why_best() in scaling.to_markdown()
     assert ThreadScaling.load(tmp_path / "t" / "thread_scaling.json") == scaling
     # a threads-1 baseline (primed, then measured) leaves a recipe without threads-N the process's own count
     cmp = lab.compare("tiny", ["threads-1", "fp32"], [CASE], repeats=1, warmup=0, out=tmp_path / "c",
@@ -75,5 +75,17 @@ def test_hardware_plan_takes_the_measured_best_and_the_plot_shows_it():
     parse(measured.recipe)  # the plan's recipe is a valid recipe string
     fig = plots.plot_thread_scaling(_scaling({1: 2.0, 2: 1.2, 3: 1.3}))
     ax = fig.axes[0]
-    assert list(ax.get_xticks()) == [1, 2, 3] and any("fastest: 2" in t.get_text() for t in ax.texts)
+    assert list(ax.get_xticks()) == [1, 2, 3] and any("best: 2" in t.get_text() for t in ax.texts)
     assert not plots.layout_problems(fig)
+
+
+def test_more_threads_that_are_not_distinguishably_faster_are_not_taken():
+    scaling = _scaling({1: 2.0, 2: 1.9})
+    scaling.points[1].verdict = "not distinguishable"
+    assert scaling.best == 1 and "no count was distinguishably faster than 1" in scaling.why_best()
+    plan = lab.hardware_plan(lab.RecipeEnv.detect("cpu"), thread_scaling=scaling)
+    assert plan.threads == 1 and "2: 1.05x, not distinguishable" in plan.reasons[0]
+    scaling.points[1].verdict = "faster"
+    assert scaling.best == 2 and "distinguishably faster than 1" in scaling.why_best()
+    again = ThreadScaling.from_dict(scaling.to_dict())
+    assert again.points[1].verdict == "faster" and again.best == 2
