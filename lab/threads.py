@@ -74,11 +74,11 @@ class ThreadScaling(Record):
     @property
     def best(self) -> int | None:
         """The count to use: the fastest of the fewest threads and the counts distinguishably faster than it
-        (more threads that are not buy nothing but a busier machine); None when no count ran."""
+        (a count that is not distinguishably faster only makes the machine busier); None when no count ran."""
         ok = [p for p in self.points if p.latency_s is not None]
         if not ok:
             return None
-        if any(p.verdict for p in ok):  # files written before verdicts: the lowest latency
+        if any(p.verdict for p in ok):  # files written before verdicts have none: there, the lowest latency
             ok = [ok[0], *[p for p in ok[1:] if p.verdict == "faster"]]
         return min(ok, key=lambda p: p.latency_s).threads
 
