@@ -47,8 +47,9 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
         model_gb: the pipeline's weight size, to decide whether everything fits on the GPU.
         max_autotune: on CUDA, compile with max-autotune instead of reduce-overhead (opt-in: minutes of tuning).
         model: fit the recipe to this model (``lab.recipes.fit_to_model``: bf16 for a transformer, ...).
-        thread_scaling: a measured ``lab.threads.ThreadScaling``: on a CPU the plan takes its fastest thread
-            count (``threads-N``) instead of one thread per core.
+        thread_scaling: a measured ``lab.threads.ThreadScaling``: on a CPU the plan takes its best thread
+            count (``ThreadScaling.best``: the fastest that is distinguishably faster than one thread) instead of one
+            thread per core.
     """
     from .denoiser import model_kind
     from .recipes import fit_to_model
@@ -106,7 +107,7 @@ def hardware_plan(env: RecipeEnv | None = None, *, model_gb: float | None = None
         if thread_scaling is not None and thread_scaling.best is not None:
             threads = thread_scaling.best
             point = thread_scaling.point(threads)
-            fewest = next(p.threads for p in thread_scaling.points if p.latency_s is not None)
+            fewest = thread_scaling.measured[0].threads
             reasons[0] = (f"{thread_scaling.why_best()}; measured {point.latency_s:.3f} s on "
                           f"{thread_scaling.model} {thread_scaling.label}, {point.speedup:.2f}x over "
                           f"{fewest}; {cores} cores here")

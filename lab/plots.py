@@ -546,7 +546,7 @@ def plot_adherence(reports: dict, *, path: str | os.PathLike | None = None):
 
 def plot_thread_scaling(scaling, *, path: str | os.PathLike | None = None):
     """Latency (median, IQR bars) against CPU threads, beside perfect scaling from the fewest threads."""
-    pts = [p for p in scaling.points if p.latency_s is not None]
+    pts = scaling.measured
     fig, ax = _figure()
     x = [p.threads for p in pts]
     ax.errorbar(x, [p.latency_s for p in pts], yerr=[p.iqr_s / 2 for p in pts], marker="o", capsize=4,

@@ -72,10 +72,15 @@ class ThreadScaling(Record):
         return f"{self.dtype}" + (f" + {self.recipe}" if self.recipe else "")
 
     @property
+    def measured(self) -> list[ThreadPoint]:
+        """The counts that ran, fewest threads first."""
+        return [p for p in self.points if p.latency_s is not None]
+
+    @property
     def best(self) -> int | None:
         """The count to use: the fastest of the fewest threads and the counts distinguishably faster than it
         (a count that is not distinguishably faster only makes the machine busier); None when no count ran."""
-        ok = [p for p in self.points if p.latency_s is not None]
+        ok = self.measured
         if not ok:
             return None
         if any(p.verdict for p in ok):  # files written before verdicts have none: there, the lowest latency
@@ -84,7 +89,7 @@ class ThreadScaling(Record):
 
     def why_best(self) -> str:
         """One line: why ``best`` was taken over the other counts."""
-        ok = [p for p in self.points if p.latency_s is not None]
+        ok = self.measured
         best = self.best
         if best is None:
             return "no thread count ran"
