@@ -20,7 +20,8 @@ from tests.test_reliability import assert_clean_refusal, lab_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = lab.Case("a red circle", steps=1, name="c")
-RUN = {"repeats": 1, "warmup": 0, "device": "cpu", "progress": False, "isolate": True}
+# no baseline recheck (one more worker a sweep) except in the tests that count it: submitit's and Ray's below
+RUN = {"repeats": 1, "warmup": 0, "device": "cpu", "progress": False, "isolate": True, "recheck": False}
 
 
 def _lines(out: Path) -> list[dict]:
@@ -113,7 +114,8 @@ def test_a_run_past_its_timeout_is_killed_and_recorded(tmp_path):
 def _sweep_script(out: Path, executor: str) -> list[str]:
     code = ("import sys, lab; from lab.executors import ExecutorConfig; from lab.experiments import compare\n"
             f"compare('tiny-random', ['fp32', 'bf16', 'steps-1'], [lab.Case('a red circle', steps=1, name='c')], "
-            f"out=sys.argv[1], repeats=1, warmup=0, device='cpu', progress=False, isolate=True, executor={executor})")
+            f"out=sys.argv[1], repeats=1, warmup=0, device='cpu', progress=False, isolate=True, recheck=False, "
+            f"executor={executor})")
     return [sys.executable, "-c", code, str(out)]
 
 
@@ -185,7 +187,7 @@ SUBMITIT = "ExecutorConfig(name='submitit', slurm_cluster='local')"
 @needs_submitit
 def test_submitit_runs_each_recipe_as_a_job_and_keeps_the_job_ids(tmp_path):
     cmp = compare("tiny-random", ["fp32", "bf16"], [CASE], out=tmp_path,
-                  executor=ExecutorConfig(name="submitit", slurm_cluster="local"), **RUN)
+                  executor=ExecutorConfig(name="submitit", slurm_cluster="local"), **{**RUN, "recheck": True})
     assert {r.status for r in cmp.records} == {"ok"} and len({r.worker["pid"] for r in cmp.records}) == 2
     ledger = json.loads((tmp_path / ".jobs" / "submitit" / "jobs.json").read_text())
     # one job per recipe, and one more for the baseline measured again after them (a job of its own)
@@ -221,7 +223,7 @@ def test_ray_runs_one_task_per_fake_gpu(tmp_path):
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         cmp = compare("tiny-random", ["fp32", "bf16"], [CASE], out=tmp_path,
-                      executor=ExecutorConfig(name="ray", ray_gpus=1), **RUN)
+                      executor=ExecutorConfig(name="ray", ray_gpus=1), **{**RUN, "recheck": True})
     finally:
         ray.shutdown()
     assert {r.status for r in cmp.records} == {"ok"} and len({r.worker["pid"] for r in cmp.records}) == 2
@@ -265,7 +267,8 @@ def test_an_executor_whose_package_is_missing_names_the_extra(argv, extra, tmp_p
 def test_the_cli_compares_in_isolated_workers(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAB_ISOLATE", "1")
     code, _, err = lab_cli(capsys, "compare", "--model", "tiny-random", "--recipes", "fp32,bf16", "--steps", "1",
-                           "--repeats", "1", "--warmup", "0", "--workers", "2", "--quiet", "--out", tmp_path)
+                           "--repeats", "1", "--warmup", "0", "--workers", "2", "--no-recheck", "--quiet",
+                           "--out", tmp_path)
     assert code == 0, err
     lines = _lines(tmp_path)
     assert len({d["worker"]["pid"] for d in lines}) == 2 and {d["status"] for d in lines} == {"ok"}
