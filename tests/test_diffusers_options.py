@@ -118,7 +118,7 @@ def test_gguf_round_trip_loads_and_generates_on_tiny_flux(tmp_path, monkeypatch,
     assert gguf.GGMLQuantizationType.Q8_0 in types
     pipe = prepare("tiny-flux", "gguf-denoiser-q8_0", device="cpu").pipe
     assert any(type(m).__name__ == "GGUFLinear" for m in pipe.transformer.modules())
-    assert sum(weight_bytes(pipe).values()) < 0.6 * 12_493_700  # tiny-flux's fp32 total, measured
+    assert sum(weight_bytes(pipe).values()) < 0.6 * 23_769_988  # tiny-flux's fp32 total, measured
     assert (_image(pipe) - flux_base).abs().max() < 0.05
     # the first-step fidelity feeds the latents in the dtype the transformer computes in, not its uint8 packing
     from lab.cases import Case
