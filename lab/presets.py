@@ -232,11 +232,11 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
 
 
 # The cache taken where speed comes first, on a denoiser that is a diffusers CacheMixin. Measured on tiny-flux
-# (CPU, 28 steps, docs/benchmarks.md "Caches"): mag-cache-0.3 ran 2.3x the uncached pipeline (calls alternated),
-# its final latent 5.0 % off the uncached one's, held-out adherence 0.844 against 0.840 (50 prompts).
+# (CPU, 28 steps, docs/benchmarks.md "Caches"): mag-cache-0.3 ran 2.4x the uncached pipeline (calls alternated),
+# its final latent 3.9 % off the uncached one's, held-out adherence 0.874 against 0.876 (50 prompts).
 CACHE_PICK = {"cache_mixin": "mag-cache-0.3"}
-CACHE_EVIDENCE = ("on tiny-flux (CPU, 28 steps) mag-cache-0.3 skipped 57 % of the block evaluations: 2.3x the uncached "
-                  "pipeline, final latent 5.0 % off its trajectory, held-out adherence 0.844 against 0.840 "
+CACHE_EVIDENCE = ("on tiny-flux (CPU, 28 steps) mag-cache-0.3 skipped 57 % of the block evaluations: 2.4x the uncached "
+                  "pipeline, final latent 3.9 % off its trajectory, held-out adherence 0.874 against 0.876 "
                   "(docs/benchmarks.md, Caches)")
 MIN_CACHE_STEPS = 16  # below this a cache has few steps to reuse, and each reused step is a larger share of them
 
