@@ -231,9 +231,8 @@ def recommend(env: RecipeEnv | None = None, priority: str = "balance",
     return Recommendation(recipe=text, reasons=reasons, not_applicable=plan.check(env))
 
 
-# The cache taken where speed comes first, on a denoiser that is a diffusers CacheMixin. Measured on tiny-flux
-# (CPU, 28 steps, docs/benchmarks.md "Caches"): mag-cache-0.3 ran 2.4x the uncached pipeline (calls alternated),
-# its final latent 3.9 % off the uncached one's, held-out adherence 0.874 against 0.876 (50 prompts).
+# The cache taken where speed comes first, on a denoiser that is a diffusers CacheMixin; CACHE_EVIDENCE carries the
+# figures it was chosen by (docs/benchmarks.md "Caches", alternated calls), once, for every reason that cites them.
 CACHE_PICK = {"cache_mixin": "mag-cache-0.3"}
 CACHE_EVIDENCE = ("on tiny-flux (CPU, 28 steps) mag-cache-0.3 skipped 57 % of the block evaluations: 2.4x the uncached "
                   "pipeline, final latent 3.9 % off its trajectory, held-out adherence 0.874 against 0.876 "
